@@ -1,0 +1,73 @@
+import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
+import type { VersionListener } from './listener.js'
+import { clearLogin, sendToLogin } from './login.js'
+import type { ResolvedOptions } from './options.js'
+import type { Refresher } from './refresher.js'
+import { STAMP, sessionOf, type SessionFields } from './session-fields.js'
+import { isLoggedIn, staleReason, type StaleReason } from './stale.js'
+
+export interface HookDeps {
+  options: ResolvedOptions
+  listener: VersionListener
+  refresher: Refresher
+  /** Counts requests sent to log in after a failed refresh. */
+  onLogout: () => void
+}
+
+/**
+ * The `onRequest` hook. For a fresh or logged-out session it is a few property
+ * reads and one integer compare: no I/O, no promise. Only a stale session goes
+ * the slow way, through the app's `refresh`.
+ */
+export function createHook (deps: HookDeps): onRequestHookHandler {
+  const { options, listener } = deps
+
+  return function sessionRefreshHook (request, reply, done) {
+    const config = request.routeOptions.config
+    const session = sessionOf(request)
+    const reason = session !== null && config.sessionRefresh !== false
+      ? staleReason(session, options, listener.version)
+      : null
+    if (reason !== null) {
+      refreshStale(request, reply, session!, reason, deps).then(() => { if (!reply.sent) done() }, done)
+      return
+    }
+    if (config.loginRequired === true && (session === null || !isLoggedIn(session, options))) {
+      sendToLogin(request, reply, options.loginUrl, 'not-logged-in')
+      return
+    }
+    done()
+  }
+}
+
+async function refreshStale (
+  request: FastifyRequest, reply: FastifyReply, session: SessionFields, reason: StaleReason, deps: HookDeps
+): Promise<void> {
+  const { options, listener, refresher } = deps
+  const stamp = session.get(STAMP)
+  if (typeof stamp === 'number' && stamp > listener.version) {
+    // Another instance has already seen a newer version than this one: catch up
+    // first, or the session would be refreshed back and forth between the two.
+    await listener.catchUp()
+    if (staleReason(session, options, listener.version) === null) return
+  }
+
+  const userId = session.get(options.identityField)
+  request.log.info({ userId, reason }, `Refreshing stale session for user: ${userId}`)
+  const outcome = await refresher.run(request.session.sessionId, request)
+
+  if (outcome.ok) {
+    for (const [field, value] of Object.entries(outcome.fields)) session.set(field, value)
+    session.set(STAMP, outcome.version)
+    request.log.info({ userId, reason }, `Successfully refreshed session for ${userId}`)
+    return
+  }
+  if (outcome.reason === 'refresh-error') {
+    request.log.error({ userId, reason: outcome.reason, err: outcome.error }, `Could not refresh session for user: ${userId}`)
+    if (options.onRefreshError === 'keep') return
+  }
+  request.log.info({ userId, reason: outcome.reason }, `Falling back to login for user: ${userId}`)
+  clearLogin(session, options)
+  deps.onLogout()
+  sendToLogin(request, reply, options.loginUrl, outcome.reason)
+}

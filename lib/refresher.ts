@@ -1,0 +1,92 @@
+import type { FastifyRequest } from 'fastify'
+import { Limiter } from './limiter.js'
+import { sessionOf } from './session-fields.js'
+
+/** What one call of the app's `refresh` produced, shared by every request that waited on it. */
+export type RefreshOutcome =
+  | { ok: true, fields: Record<string, unknown>, version: number }
+  | { ok: false, reason: 'user-gone' }
+  | { ok: false, reason: 'refresh-error', error: unknown }
+
+export type RefreshFunction = (request: FastifyRequest) => unknown
+
+export interface RefresherOptions {
+  refresh: RefreshFunction
+  currentVersion: () => number
+  requiredFields: readonly string[]
+  maxConcurrent: number
+}
+
+/**
+ * Calls the app's `refresh` once per session at a time (single flight), and at
+ * most `maxConcurrent` at once across sessions. It does not write the session:
+ * each request applies the shared outcome to its own copy.
+ */
+export class Refresher {
+  readonly #options: RefresherOptions
+  readonly #limiter: Limiter
+  readonly #inFlight = new Map<string, Promise<RefreshOutcome>>()
+  refreshes = 0
+  failures = 0
+
+  constructor (options: RefresherOptions) {
+    this.#options = options
+    this.#limiter = new Limiter(options.maxConcurrent)
+  }
+
+  /** Refreshes running now; never more than `maxConcurrentRefreshes`. */
+  get running (): number {
+    return this.#limiter.running
+  }
+
+  run (sessionId: string, request: FastifyRequest): Promise<RefreshOutcome> {
+    let outcome = this.#inFlight.get(sessionId)
+    if (outcome === undefined) {
+      outcome = this.#limited(request).finally(() => this.#inFlight.delete(sessionId))
+      this.#inFlight.set(sessionId, outcome)
+    }
+    return outcome
+  }
+
+  #limited (request: FastifyRequest): Promise<RefreshOutcome> {
+    const mustWait = this.#limiter.full
+    const queuedAt = performance.now()
+    return this.#limiter.run(() => {
+      if (mustWait) {
+        request.log.info({ waitedMs: Math.round(performance.now() - queuedAt), queued: this.#limiter.waiting },
+          'Session refresh waited for a free slot')
+      }
+      return this.#call(request)
+    })
+  }
+
+  async #call (request: FastifyRequest): Promise<RefreshOutcome> {
+    // Stamp with the version seen before reading: if it moves during the read,
+    // the session is stale again next time, which is the safe side.
+    const version = this.#options.currentVersion()
+    try {
+      const result = await this.#options.refresh(request)
+      if (result === null) return { ok: false, reason: 'user-gone' }
+      const fields = this.#check(result, request)
+      this.refreshes++
+      return { ok: true, fields, version }
+    } catch (error) {
+      this.failures++
+      return { ok: false, reason: 'refresh-error', error }
+    }
+  }
+
+  /** A result that would leave the session stale again would refresh on every request. */
+  #check (result: unknown, request: FastifyRequest): Record<string, unknown> {
+    if (typeof result !== 'object' || Array.isArray(result)) {
+      throw new TypeError(`refresh() must return an object of session fields or null, got ${Array.isArray(result) ? 'an array' : typeof result}`)
+    }
+    const fields = result as Record<string, unknown>
+    const session = sessionOf(request)!
+    for (const field of this.#options.requiredFields) {
+      const value = field in fields ? fields[field] : session.get(field)
+      if (value == null) throw new TypeError(`refresh() left the required session field "${field}" empty`)
+    }
+    return fields
+  }
+}

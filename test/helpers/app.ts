@@ -1,0 +1,94 @@
+import { Writable } from 'node:stream'
+import cookie from '@fastify/cookie'
+import session from '@fastify/session'
+import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
+import sessionRefresh, { type SessionRefreshOptions } from '../../lib/index.js'
+
+declare module 'fastify' {
+  interface Session {
+    id?: number | null
+    email?: string
+    playerId?: number
+  }
+}
+
+export const SECRET = 'a test secret that is at least 32 characters long'
+
+export interface LogLine { level: number, msg: string, [key: string]: unknown }
+
+export interface TestApp {
+  app: FastifyInstance
+  logs: LogLine[]
+  /** How many times the app's refresh ran, and with which user ids. */
+  refreshCalls: unknown[]
+}
+
+export interface BuildOptions {
+  url: string
+  refresh?: SessionRefreshOptions['refresh']
+  plugin?: Partial<SessionRefreshOptions>
+  sessionOptions?: Record<string, unknown>
+}
+
+interface Teardown { teardown (fn: () => unknown): void }
+
+/** A Fastify app with @fastify/session, the plugin, and a few routes; closed at teardown. */
+export async function buildApp (t: Teardown, options: BuildOptions): Promise<TestApp> {
+  const logs: LogLine[] = []
+  const stream = new Writable({
+    write (chunk, _encoding, callback) {
+      for (const line of String(chunk).split('\n')) if (line) logs.push(JSON.parse(line) as LogLine)
+      callback()
+    }
+  })
+  const app = Fastify({ logger: { level: 'debug', stream } })
+  const refreshCalls: unknown[] = []
+  await app.register(cookie)
+  await app.register(session, { secret: SECRET, cookie: { secure: false }, ...options.sessionOptions })
+  await app.register(sessionRefresh, {
+    connection: options.url,
+    heartbeatInterval: 60_000,
+    refresh: async (s, request) => {
+      refreshCalls.push(s.get('id'))
+      if (options.refresh) return options.refresh(s, request)
+      return { email: `user${String(s.get('id'))}@example.com`, playerId: Number(s.get('id')) * 100 }
+    },
+    ...options.plugin
+  })
+  t.teardown(() => app.close())
+
+  app.post<{ Body: { id: number, email?: string, playerId?: number } }>('/login', async (request) => {
+    request.session.set('id', request.body.id)
+    request.session.set('email', request.body.email ?? `user${request.body.id}@example.com`)
+    request.session.set('playerId', request.body.playerId ?? request.body.id)
+    app.sessionRefresh.stamp(request)
+    return { ok: true }
+  })
+  const fields = (request: { session: { get: (k: 'id' | 'email' | 'playerId' | 'sessionVersion') => unknown } }) => ({
+    id: request.session.get('id') ?? null,
+    email: request.session.get('email') ?? null,
+    playerId: request.session.get('playerId') ?? null,
+    sessionVersion: request.session.get('sessionVersion') ?? null
+  })
+  app.get('/me', { config: { loginRequired: true } }, async (request) => fields(request))
+  app.get('/public', async (request) => fields(request))
+  app.get('/unchecked', { config: { sessionRefresh: false } }, async (request) => fields(request))
+  return { app, logs, refreshCalls }
+}
+
+/** The session cookie from a response, as a `cookie` header value. */
+export function sessionCookie (response: LightMyRequestResponse): string {
+  const found = response.cookies.find((c) => c.name === 'sessionId')
+  if (!found) throw new Error(`no session cookie in response ${response.statusCode}: ${response.body}`)
+  return `sessionId=${found.value}`
+}
+
+/** Logs user `id` in and returns the session cookie. */
+export async function login (app: FastifyInstance, id: number, extra: Record<string, unknown> = {}): Promise<string> {
+  const response = await app.inject({ method: 'POST', url: '/login', payload: { id, ...extra } })
+  if (response.statusCode !== 200) throw new Error(`login failed: ${response.statusCode} ${response.body}`)
+  return sessionCookie(response)
+}
+
+export const API = { accept: 'application/json' }
+export const PAGE = { accept: 'text/html,application/xhtml+xml' }

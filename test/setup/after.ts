@@ -1,0 +1,3 @@
+import { readServerInfo, stopServer } from './server.js'
+
+await stopServer(await readServerInfo())
