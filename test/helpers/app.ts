@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream'
 import cookie from '@fastify/cookie'
 import session from '@fastify/session'
-import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import sessionRefresh, { type SessionRefreshOptions } from '../../lib/index.js'
 
 declare module 'fastify' {
@@ -32,8 +32,8 @@ export interface BuildOptions {
 
 interface Teardown { teardown (fn: () => unknown): void }
 
-/** A Fastify app with @fastify/session, the plugin, and a few routes; closed at teardown. */
-export async function buildApp (t: Teardown, options: BuildOptions): Promise<TestApp> {
+/** A stream for pino that keeps every log line, parsed. */
+export function logCapture (): { stream: Writable, logs: LogLine[] } {
   const logs: LogLine[] = []
   const stream = new Writable({
     write (chunk, _encoding, callback) {
@@ -41,6 +41,18 @@ export async function buildApp (t: Teardown, options: BuildOptions): Promise<Tes
       callback()
     }
   })
+  return { stream, logs }
+}
+
+/** A Fastify logger whose lines land in `logs`. */
+export function testLogger (): { log: FastifyBaseLogger, logs: LogLine[] } {
+  const { stream, logs } = logCapture()
+  return { log: Fastify({ logger: { level: 'debug', stream } }).log, logs }
+}
+
+/** A Fastify app with @fastify/session, the plugin, and a few routes; closed at teardown. */
+export async function buildApp (t: Teardown, options: BuildOptions): Promise<TestApp> {
+  const { stream, logs } = logCapture()
   const app = Fastify({ logger: { level: 'debug', stream } })
   const refreshCalls: unknown[] = []
   await app.register(cookie)
@@ -57,11 +69,14 @@ export async function buildApp (t: Teardown, options: BuildOptions): Promise<Tes
   })
   t.teardown(() => app.close())
 
-  app.post<{ Body: { id: number, email?: string, playerId?: number } }>('/login', async (request) => {
-    request.session.set('id', request.body.id)
-    request.session.set('email', request.body.email ?? `user${request.body.id}@example.com`)
-    request.session.set('playerId', request.body.playerId ?? request.body.id)
-    app.sessionRefresh.stamp(request)
+  // `stamp: false` logs in without a stamp; `sessionVersion` sets the stamp as another instance might have.
+  app.post<{ Body: { id: number, email?: string, playerId?: number | null, stamp?: boolean, sessionVersion?: number } }>('/login', async (request) => {
+    const { body } = request
+    request.session.set('id', body.id)
+    request.session.set('email', body.email ?? `user${body.id}@example.com`)
+    request.session.set('playerId', body.playerId === undefined ? body.id : body.playerId ?? undefined)
+    if (body.stamp !== false) app.sessionRefresh.stamp(request)
+    if (body.sessionVersion !== undefined) request.session.set('sessionVersion', body.sessionVersion)
     return { ok: true }
   })
   const fields = (request: { session: { get: (k: 'id' | 'email' | 'playerId' | 'sessionVersion') => unknown } }) => ({

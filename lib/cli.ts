@@ -1,0 +1,195 @@
+import { parseArgs } from 'node:util'
+import postgres, { type Sql } from 'postgres'
+import { formatStatus, readDatabaseStatus } from './cli-status.js'
+import { watch } from './cli-watch.js'
+import { bumpSessionVersion, migrate } from './migrate.js'
+
+/** What the command reads and writes, so tests can run it in-process. */
+export interface CliIo {
+  out (text: string): void
+  err (text: string): void
+  env: Readonly<Record<string, string | undefined>>
+  /** Resolves when `watch` should end; called only once watch is listening. */
+  stopped (): Promise<void>
+}
+
+export const EXIT_OK = 0
+export const EXIT_FAILED = 1
+export const EXIT_USAGE = 2
+
+// Its own name, so `status` does not count the command as an app instance.
+const CLI_APPLICATION_NAME = 'session-refresh-cli'
+
+export const HELP = `Usage: session-refresh <command> [--url <postgres url>]
+
+Reads and raises the session version that fastify-session-refresh listens to.
+The database comes from --url, else from the DATABASE_URL environment variable.
+
+Commands:
+  migrate          Create system_settings, its trigger and the session_version row.
+                   Safe to run again: it keeps the current version.
+                     session-refresh migrate --url postgres://app@db/app
+  bump             Raise session_version by one, in one statement, and print it.
+                   Call it at the end of an ETL; every app instance refreshes its sessions.
+                     DATABASE_URL=postgres://etl@db/app session-refresh bump
+  status [--json]  Show the version, when it changed, the app instances listening now
+                   and the NOTIFY queue usage.
+                     session-refresh status --json
+  watch            Print a line for each version change until Ctrl-C.
+                     session-refresh watch
+
+Options:
+  --url <url>   PostgreSQL connection URL (default: $DATABASE_URL)
+  --json        Machine-readable output (status only)
+  -h, --help    Show this help
+
+Exit codes: 0 done, 1 failed (the reason is printed on one line), 2 wrong usage.
+`
+
+const COMMANDS = ['migrate', 'bump', 'status', 'watch'] as const
+type Command = typeof COMMANDS[number]
+
+interface Invocation {
+  command: Command
+  url: string
+  json: boolean
+}
+
+class UsageError extends Error {}
+
+/**
+ * Runs the `session-refresh` command and returns its exit code. Every failure
+ * becomes one line on `err`, never a stack trace: operators and ETL scripts read it.
+ */
+export async function main (argv: readonly string[], io: CliIo): Promise<number> {
+  let invocation: Invocation | 'help'
+  let sql: Sql
+  try {
+    invocation = parseInvocation(argv, io.env)
+    if (invocation === 'help') {
+      io.out(HELP)
+      return EXIT_OK
+    }
+    sql = connect(invocation.url)
+  } catch (err) {
+    io.err(`session-refresh: ${oneLine(err)}\nRun \`session-refresh --help\` for the commands.\n`)
+    return EXIT_USAGE
+  }
+  try {
+    await run(sql, invocation, io)
+    return EXIT_OK
+  } catch (err) {
+    io.err(`session-refresh: ${describeError(err)}\n`)
+    return EXIT_FAILED
+  } finally {
+    await sql.end({ timeout: 1 })
+  }
+}
+
+function parseInvocation (argv: readonly string[], env: CliIo['env']): Invocation | 'help' {
+  const { values, positionals } = parseArgs({
+    args: [...argv],
+    options: {
+      url: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false }
+    },
+    allowPositionals: true,
+    strict: true
+  })
+  if (values.help || positionals[0] === 'help') return 'help'
+  const [command, ...extra] = positionals
+  if (command === undefined) throw new UsageError(`missing a command: ${COMMANDS.join(', ')}`)
+  if (!isCommand(command)) throw new UsageError(`unknown command \`${command}\`; the commands are ${COMMANDS.join(', ')}`)
+  if (extra.length > 0) throw new UsageError(`unexpected argument \`${extra[0]}\``)
+  if (values.json && command !== 'status') throw new UsageError('--json applies to `status` only')
+  const url = values.url ?? env.DATABASE_URL
+  if (!url) throw new UsageError('no database: pass --url <postgres url> or set DATABASE_URL')
+  return { command, url, json: values.json }
+}
+
+function isCommand (name: string): name is Command {
+  return (COMMANDS as readonly string[]).includes(name)
+}
+
+function connect (url: string): Sql {
+  try {
+    return postgres(url, {
+      max: 1,
+      connect_timeout: 10,
+      onnotice: () => {},
+      connection: { application_name: CLI_APPLICATION_NAME }
+    })
+  } catch (err) {
+    // postgres.js parses the URL at once; say which input was wrong, without echoing a password.
+    throw new UsageError(`the database URL cannot be parsed (${oneLine(err)})`)
+  }
+}
+
+async function run (sql: Sql, invocation: Invocation, io: CliIo): Promise<void> {
+  switch (invocation.command) {
+    case 'migrate': {
+      const [existed] = await sql<{ found: boolean }[]>`select to_regclass('system_settings') is not null as found`
+      const files = await migrate(sql)
+      const status = await readDatabaseStatus(sql)
+      for (const file of files) io.out(`applied ${file}\n`)
+      io.out(existed!.found
+        ? `system_settings was already there; session_version stays ${status.version}\n`
+        : `created system_settings; session_version is ${status.version}\n`)
+      return
+    }
+    case 'bump':
+      io.out(`session_version is now ${await bumpSessionVersion(sql)}\n`)
+      return
+    case 'status': {
+      const status = await readDatabaseStatus(sql)
+      io.out(invocation.json ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+      return
+    }
+    case 'watch':
+      await watch(sql, { out: io.out, error: (err) => io.err(`session-refresh: ${describeError(err)}\n`), stopped: io.stopped })
+  }
+}
+
+// Errors from the socket, and postgres.js's own ones, that mean "could not talk to the server".
+const UNREACHABLE = /^(E[A-Z]+|CONNECT_TIMEOUT|CONNECTION_\w+)$/
+
+/** One line that says what went wrong and, where there is one, what to do. */
+export function describeError (err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code
+  if (code === 'FST_SESSION_REFRESH_NOT_MIGRATED') {
+    return 'the system_settings table or its session_version row is missing: run `session-refresh migrate` first'
+  }
+  // 22P02 comes from bump's `value::bigint` when the stored value is not a number.
+  if (code === 'FST_SESSION_REFRESH_MALFORMED_VERSION' || code === '22P02') {
+    return `session_version in system_settings is not a non-negative integer (${oneLine(err)}); ` +
+      "set it with: UPDATE system_settings SET value = '<n>' WHERE key = 'session_version'"
+  }
+  if (err instanceof postgres.PostgresError) return `the database said: ${oneLine(err)}`
+  if (typeof code === 'string' && UNREACHABLE.test(code)) return `cannot reach the database: ${oneLine(err)}`
+  return oneLine(err)
+}
+
+function oneLine (err: unknown): string {
+  const { message, code } = err as { message?: unknown, code?: unknown }
+  // Node's AggregateError (one failure per address tried) has an empty message.
+  const text = typeof message === 'string' && message !== '' ? message : String(code ?? err)
+  return text.replace(/\s*\n\s*/g, ' ')
+}
+
+/** The real process: stdout, stderr, the environment, and Ctrl-C or SIGTERM to end `watch`. */
+export function processIo (): CliIo {
+  return {
+    out: (text) => { process.stdout.write(text) },
+    err: (text) => { process.stderr.write(text) },
+    env: process.env,
+    // Handlers go in only while watching; elsewhere Ctrl-C keeps ending the process at once.
+    stopped: () => new Promise((resolve) => {
+      const stop = (): void => {
+        process.off('SIGINT', stop).off('SIGTERM', stop)
+        resolve()
+      }
+      process.on('SIGINT', stop).on('SIGTERM', stop)
+    })
+  }
+}

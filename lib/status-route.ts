@@ -1,0 +1,44 @@
+import type { FastifyInstance } from 'fastify'
+
+const timestamp = (description: string) => ({ type: ['string', 'null'], format: 'date-time', description })
+const count = (description: string) => ({ type: 'integer', minimum: 0, description })
+
+/** `status()` field by field. The serializer writes only these fields, so a new one must be added here too. */
+export const statusSchema = {
+  type: 'object',
+  required: [
+    'listening', 'version', 'lastNotificationAt', 'lastHeartbeatAt', 'lastSyncAt', 'reconnects',
+    'heartbeatMisses', 'queueUsage', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
+  ],
+  properties: {
+    listening: { type: 'boolean', description: 'LISTEN is active and the version was read after the last (re)connect. False means changes may be missed right now.' },
+    version: count('The session version this instance holds in memory.'),
+    lastNotificationAt: timestamp('When the last session_version notification arrived; null if none has yet.'),
+    lastHeartbeatAt: timestamp('When the last heartbeat came back through the LISTEN connection; null if none has yet.'),
+    lastSyncAt: timestamp('When the version was last read from the table (at start, after a reconnect, every pollInterval).'),
+    reconnects: count('How often the LISTEN connection came back after being lost.'),
+    heartbeatMisses: count('Heartbeats that did not come back within heartbeatTimeout; each one forces a reconnect.'),
+    queueUsage: { type: ['number', 'null'], description: 'pg_notification_queue_usage() at the last read, 0 to 1; null before the first read.' },
+    refreshes: count('Calls of refresh that returned session fields.'),
+    refreshFailures: count('Calls of refresh that threw or returned something unusable.'),
+    logouts: count('Requests sent to log in because their session could not be refreshed.'),
+    refreshesRunning: count('Calls of refresh running right now.')
+  }
+} as const
+
+/**
+ * Serves `status()` as JSON: 200 while listening, 503 while not, so a load
+ * balancer or uptime check can take an instance that may miss changes out.
+ */
+export function addStatusRoute (fastify: FastifyInstance, url: string): void {
+  fastify.get(url, {
+    // A health check must answer even for a stale session, and must not trigger a refresh.
+    config: { sessionRefresh: false },
+    schema: { response: { 200: statusSchema, 503: statusSchema } }
+  }, async function statusHandler (_request, reply) {
+    const status = fastify.sessionRefresh.status()
+    // Health checks poll; a cached answer would hide a listener that just went down.
+    reply.header('cache-control', 'no-store').code(status.listening ? 200 : 503)
+    return status
+  })
+}
