@@ -25,7 +25,7 @@ export interface ListenerStatus {
   version: number
   lastNotificationAt: string | null
   lastHeartbeatAt: string | null
-  lastSyncAt: string | null
+  lastSyncAt: string
   reconnects: number
   heartbeatMisses: number
   queueUsage: number | null
@@ -49,7 +49,8 @@ export class VersionListener {
   listening = false
   #lastNotificationAt: Date | null = null
   #lastHeartbeatAt: Date | null = null
-  #lastSyncAt: Date | null = null
+  // Set by start()'s first read, before anyone can ask for status().
+  #lastSyncAt = new Date()
   #reconnects = 0
   #heartbeatMisses = 0
   #queueUsage: number | null = null
@@ -86,7 +87,6 @@ export class VersionListener {
       keep_alive: 10,
       backoff,
       target_session_attrs: 'primary' as const,
-      onnotice: () => {},
       socket: sockets.create
     }
     const { connection } = this.#options
@@ -136,7 +136,7 @@ export class VersionListener {
       version: this.version,
       lastNotificationAt: this.#lastNotificationAt?.toISOString() ?? null,
       lastHeartbeatAt: this.#lastHeartbeatAt?.toISOString() ?? null,
-      lastSyncAt: this.#lastSyncAt?.toISOString() ?? null,
+      lastSyncAt: this.#lastSyncAt.toISOString(),
       reconnects: this.#reconnects,
       heartbeatMisses: this.#heartbeatMisses,
       queueUsage: this.#queueUsage

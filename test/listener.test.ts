@@ -4,6 +4,7 @@ import t from 'tap'
 import { bumpSessionVersion, readSessionVersion } from '../lib/index.js'
 import { VersionListener, type ListenerOptions } from '../lib/listener.js'
 import { API, buildApp, login, testLogger } from './helpers/app.js'
+import { childEnv } from './helpers/child-env.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { FaultyProxy } from './helpers/proxy.js'
 
@@ -120,7 +121,8 @@ t.test('registration fails with a coded error, and never hangs', async (t) => {
 t.test('close() ends the connections, and a closed app lets the process exit', async (t) => {
   const run = promisify(execFile)
   const started = Date.now()
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('./fixtures/close-and-exit.ts', import.meta.url).pathname, db.url], { timeout: 20_000 })
+  const fixture = new URL('./fixtures/close-and-exit.ts', import.meta.url).pathname
+  const { stdout } = await run(process.execPath, ['--import', 'tsx', fixture, db.url], { timeout: 20_000, env: childEnv() })
   t.match(stdout, /closed with version \d+/)
   t.ok(Date.now() - started < 20_000, 'the process exited by itself')
   const [{ count }] = await db.sql`

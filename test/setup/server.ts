@@ -10,7 +10,9 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 
 const run = promisify(execFile)
-export const STATE_FILE = new URL('../.db.json', import.meta.url)
+// One file per tap run: the before script and the test files are all children of
+// the same tap process, so concurrent runs on one machine never share a server.
+export const STATE_FILE = join(tmpdir(), `fastify-session-refresh-test-db-${process.ppid}.json`)
 
 export type ServerInfo =
   | { kind: 'env', url: string }
@@ -48,7 +50,7 @@ export async function stopServer (info: ServerInfo): Promise<void> {
 /** Stops the server, waits `downMs`, and starts it again. Only for a server this run owns. */
 export async function restartServer (info: ServerInfo, downMs: number): Promise<void> {
   if (info.kind !== 'embedded') throw new Error(`cannot restart a ${info.kind} server`)
-  await pgCtl(info, ['stop', '-m', 'immediate'])
+  await pgCtl(info, ['stop', '-m', 'fast'])
   await new Promise((resolve) => setTimeout(resolve, downMs))
   await pgCtl(info, ['start', '-w', '-l', join(info.dataDir, 'server.log')])
 }
