@@ -29,7 +29,7 @@ export function createHook (deps: HookDeps): onRequestHookHandler {
       ? staleReason(session, options, listener.version)
       : null
     if (reason !== null) {
-      refreshStale(request, reply, session!, reason, deps).then(() => { if (!reply.sent) done() }, done)
+      refreshStale(request, reply, session!, reason, deps).then((answered) => { if (!answered) done() }, done)
       return
     }
     if (config.loginRequired === true && (session === null || !isLoggedIn(session, options))) {
@@ -40,16 +40,17 @@ export function createHook (deps: HookDeps): onRequestHookHandler {
   }
 }
 
+/** Refreshes the session, or answers the request itself (login) and says so. */
 async function refreshStale (
   request: FastifyRequest, reply: FastifyReply, session: SessionFields, reason: StaleReason, deps: HookDeps
-): Promise<void> {
+): Promise<boolean> {
   const { options, listener, refresher } = deps
   const stamp = session.get(STAMP)
   if (typeof stamp === 'number' && stamp > listener.version) {
     // Another instance has already seen a newer version than this one: catch up
     // first, or the session would be refreshed back and forth between the two.
     await listener.catchUp()
-    if (staleReason(session, options, listener.version) === null) return
+    if (staleReason(session, options, listener.version) === null) return false
   }
 
   const userId = session.get(options.identityField)
@@ -60,14 +61,17 @@ async function refreshStale (
     for (const [field, value] of Object.entries(outcome.fields)) session.set(field, value)
     session.set(STAMP, outcome.version)
     request.log.info({ userId, reason }, `Successfully refreshed session for ${userId}`)
-    return
+    return false
   }
   if (outcome.reason === 'refresh-error') {
     request.log.error({ userId, reason: outcome.reason, err: outcome.error }, `Could not refresh session for user: ${userId}`)
-    if (options.onRefreshError === 'keep') return
+    if (options.onRefreshError === 'keep') return false
   }
   request.log.info({ userId, reason: outcome.reason }, `Falling back to login for user: ${userId}`)
   clearLogin(session, options)
   deps.onLogout()
+  // The reply may still be on its way (the session store saves in onSend), so
+  // the handler must be skipped on our word, not on reply.sent.
   sendToLogin(request, reply, options.loginUrl, outcome.reason)
+  return true
 }

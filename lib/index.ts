@@ -5,6 +5,7 @@ import { VersionListener, type ListenerStatus } from './listener.js'
 import { resolveOptions, type SessionRefreshOptions } from './options.js'
 import { Refresher } from './refresher.js'
 import { STAMP, sessionOf } from './session-fields.js'
+import { addStatusRoute } from './status-route.js'
 
 export interface SessionRefreshStatus extends ListenerStatus {
   /** Calls of `refresh` that returned session fields. */
@@ -71,6 +72,7 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       sessionOf(request)?.set(STAMP, listener.version)
     }
   } satisfies SessionRefreshDecorator)
+  if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
 
   fastify.addHook('onRequest', createHook({ options, listener, refresher, onLogout: () => { logouts++ } }))
 }

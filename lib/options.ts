@@ -63,6 +63,13 @@ export interface SessionRefreshOptions {
    * @default 30000
    */
   pollInterval?: number
+  /**
+   * A path such as `'/health/session-refresh'` that serves `status()` as JSON:
+   * 200 while listening, 503 while not, for load balancers and uptime checks.
+   * `false` or left out: no route.
+   * @default false
+   */
+  statusRoute?: string | false
 }
 
 export type ResolvedOptions = Required<SessionRefreshOptions>
@@ -76,7 +83,8 @@ const DEFAULTS = {
   connectTimeout: 10_000,
   heartbeatInterval: 10_000,
   heartbeatTimeout: 5_000,
-  pollInterval: 30_000
+  pollInterval: 30_000,
+  statusRoute: false
 } satisfies Omit<ResolvedOptions, 'connection' | 'refresh'>
 
 type Check = (value: unknown) => string | null
@@ -101,7 +109,9 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   connectTimeout: positiveInteger,
   heartbeatInterval: positiveInteger,
   heartbeatTimeout: positiveInteger,
-  pollInterval: positiveInteger
+  pollInterval: positiveInteger,
+  statusRoute: (value) =>
+    value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false"
 }
 
 function describe (value: unknown): string {

@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS system_settings (
   updated_at  TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 
-CREATE OR REPLACE FUNCTION session_version_notify() RETURNS trigger
+-- BEFORE: check and normalise the value, stamp updated_at.
+CREATE OR REPLACE FUNCTION session_version_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.key <> 'session_version' THEN
@@ -26,15 +27,31 @@ BEGIN
   -- Normalise '007' to '7' so the table and the NOTIFY payload always agree.
   NEW.value := (NEW.value::bigint)::text;
   NEW.updated_at := CURRENT_TIMESTAMP;
-  -- Delivered at COMMIT and dropped on ROLLBACK, so a failed ETL changes nothing.
-  PERFORM pg_notify('session_version', NEW.value);
   RETURN NEW;
 END
 $$;
 
+-- AFTER: notify only for a row that was really written. A BEFORE trigger would
+-- also fire for an INSERT that ON CONFLICT DO NOTHING then skips.
+CREATE OR REPLACE FUNCTION session_version_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.key = 'session_version' THEN
+    -- Delivered at COMMIT and dropped on ROLLBACK, so a failed ETL changes nothing.
+    PERFORM pg_notify('session_version', NEW.value);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS session_version_check ON system_settings;
+CREATE TRIGGER session_version_check
+  BEFORE INSERT OR UPDATE OF value ON system_settings
+  FOR EACH ROW EXECUTE FUNCTION session_version_check();
+
 DROP TRIGGER IF EXISTS session_version_notify ON system_settings;
 CREATE TRIGGER session_version_notify
-  BEFORE INSERT OR UPDATE OF value ON system_settings
+  AFTER INSERT OR UPDATE OF value ON system_settings
   FOR EACH ROW EXECUTE FUNCTION session_version_notify();
 
 INSERT INTO system_settings (key, value, description)

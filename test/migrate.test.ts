@@ -1,7 +1,7 @@
 import postgres from 'postgres'
 import t from 'tap'
 import { bumpSessionVersion, migrate, readSessionVersion } from '../lib/index.js'
-import { createDatabase } from './helpers/database.js'
+import { createDatabase, eventually } from './helpers/database.js'
 
 t.test('migrate creates the table, the row and the trigger, and is idempotent', async (t) => {
   const { sql } = await createDatabase(t, { migrated: false })
@@ -15,8 +15,13 @@ t.test('migrate creates the table, the row and the trigger, and is idempotent', 
 
   await bumpSessionVersion(sql)
   await bumpSessionVersion(sql)
+  const payloads: string[] = []
+  await sql.listen('session_version', (payload) => payloads.push(payload))
   await migrate(sql)
   t.equal(await readSessionVersion(sql), 3, 'running migrate again keeps the current version')
+  await bumpSessionVersion(sql)
+  await eventually('the bump after the migration', () => payloads.length > 0)
+  t.same(payloads, ['4'], 'migrating again notifies nothing: running apps never see a version of 1')
   const [{ count }] = await sql`select count(*)::int as count from system_settings` as unknown as [{ count: number }]
   t.equal(count, 1)
 })
@@ -75,7 +80,7 @@ t.test('read and bump say clearly when the table is missing or malformed', async
   await t.rejects(readSessionVersion(sql), notMigrated, 'a missing row')
   await t.rejects(bumpSessionVersion(sql), notMigrated, 'a missing row')
 
-  await sql`alter table system_settings disable trigger session_version_notify`
+  await sql`alter table system_settings disable trigger user`
   await sql`insert into system_settings (key, value) values ('session_version', 'twelve')`
   await t.rejects(readSessionVersion(sql), { code: 'FST_SESSION_REFRESH_MALFORMED_VERSION', message: 'session_version must be a non-negative integer, got "twelve"' })
 

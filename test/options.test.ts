@@ -54,7 +54,7 @@ t.test('a bad option fails register, before any connection is made', async (t) =
   await app.register(cookie)
   await app.register(session, { secret: SECRET })
   app.register(sessionRefresh, { connection: 'postgres://127.0.0.1:1/x' } as SessionRefreshOptions)
-  await t.rejects(app.ready(), {
+  await t.rejects(async () => { await app.ready() }, {
     code: 'FST_SESSION_REFRESH_INVALID_OPTION',
     message: /the `refresh` option is required/
   })
@@ -64,5 +64,5 @@ t.test('registering without @fastify/session fails with a clear message', async 
   const app = Fastify()
   t.teardown(() => app.close())
   app.register(sessionRefresh, valid)
-  await t.rejects(app.ready(), /@fastify\/session/)
+  await t.rejects(async () => { await app.ready() }, /@fastify\/session/)
 })

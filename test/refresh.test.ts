@@ -285,9 +285,9 @@ t.test('a stamp newer than this instance knows triggers a catch-up read, not a r
   const { app, refreshCalls } = await buildApp(t, { url: db.url })
   const current = app.sessionRefresh.version
   // Another instance already saw current + 1; this one has not heard of it yet.
-  await db.sql`alter table system_settings disable trigger session_version_notify`
+  await db.sql`alter table system_settings disable trigger user`
   await db.sql`update system_settings set value = ${String(current + 1)} where key = 'session_version'`
-  await db.sql`alter table system_settings enable trigger session_version_notify`
+  await db.sql`alter table system_settings enable trigger user`
   const ahead = await login(app, 20, { sessionVersion: current + 1 })
   t.equal(app.sessionRefresh.version, current)
   const res = await app.inject({ url: '/me', headers: { cookie: ahead, ...API } })
@@ -300,4 +300,21 @@ t.test('a stamp newer than this instance knows triggers a catch-up read, not a r
   const refreshed = await app.inject({ url: '/me', headers: { cookie: restored, ...API } })
   t.equal(refreshed.json().sessionVersion, current + 1)
   t.same(refreshCalls, [21])
+})
+
+t.test('after a forced logout the handler never runs, even when the store saves slowly', async (t) => {
+  const memory = new Map<string, unknown>()
+  const slowStore = {
+    get: (id: string, callback: (err: null, value?: unknown) => void) => callback(null, memory.get(id)),
+    set: (id: string, value: unknown, callback: () => void) => { setTimeout(() => { memory.set(id, value); callback() }, 30) },
+    destroy: (id: string, callback: () => void) => { memory.delete(id); callback() }
+  }
+  const { app } = await buildApp(t, { url: db.url, refresh: () => null, sessionOptions: { store: slowStore } })
+  let handled = 0
+  app.get('/count', { config: { loginRequired: true } }, async () => { handled++; return 'handled' })
+  const cookie = await login(app, 22)
+  await bump(app)
+  const res = await app.inject({ url: '/count', headers: { cookie, ...API } })
+  t.equal(res.statusCode, 401)
+  t.equal(handled, 0, 'the protected handler did not run')
 })
