@@ -1,0 +1,73 @@
+// `npm start`: the league example on http://localhost:3000 (PORT to change it).
+// Without DATABASE_URL it runs, or reuses, an embedded PostgreSQL kept in .data/.
+import { fileURLToPath } from 'node:url'
+import postgres from 'postgres'
+import { buildApp } from './app.js'
+import { DATA_DIR, readDataSet } from './db/data-set.js'
+import { startEmbedded, type EmbeddedDatabase } from './db/embedded.js'
+import { DEMO_PASSWORD, describeImport, importDataSet } from './db/import.js'
+import { migrateLeague } from './db/schema.js'
+
+const DEMO_EMAIL = 'alex.moreno@example.com'
+// Every process that shares the sessions must sign cookies with the same secret.
+const DEMO_SECRET = 'league example secret: set SESSION_SECRET in real use'
+
+const port = Number(process.env.PORT ?? 3000)
+const host = process.env.HOST ?? '127.0.0.1'
+const say = (line: string) => console.log(`[league] ${line}`)
+
+const database: EmbeddedDatabase = process.env.DATABASE_URL !== undefined && process.env.DATABASE_URL !== ''
+  ? { url: process.env.DATABASE_URL, owned: false, stop: async () => {} }
+  : await startEmbedded(say)
+
+try {
+  const sql = postgres(database.url, { max: 1, onnotice: () => {} })
+  try {
+    await migrateLeague(sql)
+    const report = await importDataSet(sql, await readDataSet(fileURLToPath(new URL('week1', DATA_DIR))), { onlyIfEmpty: true })
+    if (report !== null) for (const line of describeImport(report)) say(line)
+  } finally {
+    await sql.end({ timeout: 5 })
+  }
+} catch (err) {
+  await database.stop()
+  throw err
+}
+
+const app = await buildApp({
+  databaseUrl: database.url,
+  sessionSecret: process.env.SESSION_SECRET ?? DEMO_SECRET,
+  logger: { level: process.env.LOG_LEVEL ?? 'info' },
+  serverName: `:${port} (pid ${process.pid})`,
+  demoLogin: `${DEMO_EMAIL} / ${DEMO_PASSWORD}`
+})
+
+let stopping = false
+async function stop (signal: string): Promise<void> {
+  if (stopping) return
+  stopping = true
+  app.log.info({ signal }, 'Shutting down')
+  // The app first: it ends its listener and session pool while the database is still up.
+  await app.close()
+  await database.stop()
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  // `on`, not `once`: tsx may relay a second copy of the signal, and a process with
+  // no listener left for it exits at once, before the database is stopped.
+  process.on(signal, () => {
+    stop(signal).then(() => process.exit(0), (err: unknown) => {
+      console.error(err)
+      process.exit(1)
+    })
+  })
+}
+
+try {
+  await app.listen({ port, host })
+} catch (err) {
+  await stop('listen failed')
+  throw err
+}
+say(`Tennis league on http://localhost:${port}`)
+say(`Demo login: ${DEMO_EMAIL} / ${DEMO_PASSWORD}`)
+say('Run `npm run etl` in another terminal to import next week\'s data, then click around.')
