@@ -62,16 +62,16 @@ interface BackendRow {
  * Only backends on this database count: NOTIFY does not cross databases.
  */
 export async function readDatabaseStatus (sql: Sql): Promise<DatabaseStatus> {
-  const [row, backends, queue] = await Promise.all([
-    readVersionRow(sql),
-    sql<BackendRow[]>`
-      select pid, coalesce(host(client_addr), 'local') as address, nullif(client_port, -1) as port, backend_start,
-             query ilike 'listen %' as listens
-      from pg_stat_activity
-      where application_name = ${APPLICATION_NAME} and datname = current_database()
-      order by backend_start, pid`,
-    sql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`
-  ])
+  // One after the other: with postgres.js 3.4, ending a client while queries
+  // pipelined behind a failed one are still pending kept the process alive.
+  const row = await readVersionRow(sql)
+  const backends = await sql<BackendRow[]>`
+    select pid, coalesce(host(client_addr), 'local') as address, nullif(client_port, -1) as port, backend_start,
+           query ilike 'listen %' as listens
+    from pg_stat_activity
+    where application_name = ${APPLICATION_NAME} and datname = current_database()
+    order by backend_start, pid`
+  const queue = await sql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`
   const listening: ListeningInstance[] = []
   let hiddenBackends = 0
   for (const backend of backends) {

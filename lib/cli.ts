@@ -171,7 +171,8 @@ export function describeError (err: unknown): string {
 }
 
 function oneLine (err: unknown): string {
-  const { message, code } = err as { message?: unknown, code?: unknown }
+  // Object() turns null, strings and other thrown non-objects into something to read from.
+  const { message, code } = Object(err) as { message?: unknown, code?: unknown }
   // Node's AggregateError (one failure per address tried) has an empty message.
   const text = typeof message === 'string' && message !== '' ? message : String(code ?? err)
   return text.replace(/\s*\n\s*/g, ' ')

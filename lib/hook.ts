@@ -1,14 +1,16 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { VersionListener } from './listener.js'
-import { clearLogin, sendToLogin } from './login.js'
+import { clearLogin, sendToLogin, type LoginReason } from './login.js'
 import type { ResolvedOptions } from './options.js'
 import type { Refresher } from './refresher.js'
-import { STAMP, sessionOf, type SessionFields } from './session-fields.js'
-import { isLoggedIn, staleReason, type StaleReason } from './stale.js'
+import { STAMP, sessionOf, writeStamp, type SessionFields } from './session-fields.js'
+import { isLoggedIn, staleReason, type Verdict } from './stale.js'
+import type { UserVersions } from './user-versions.js'
 
 export interface HookDeps {
   options: ResolvedOptions
   listener: VersionListener
+  users: UserVersions
   refresher: Refresher
   /** Counts requests sent to log in after a failed refresh. */
   onLogout: () => void
@@ -20,13 +22,13 @@ export interface HookDeps {
  * the slow way, through the app's `refresh`.
  */
 export function createHook (deps: HookDeps): onRequestHookHandler {
-  const { options, listener } = deps
+  const { options, listener, users } = deps
 
   return function sessionRefreshHook (request, reply, done) {
     const config = request.routeOptions.config
     const session = sessionOf(request)
     const reason = session !== null && config.sessionRefresh !== false
-      ? staleReason(session, options, listener.version)
+      ? staleReason(session, options, listener.version, users)
       : null
     if (reason !== null) {
       refreshStale(request, reply, session!, reason, deps).then((answered) => { if (!answered) done() }, done)
@@ -42,36 +44,46 @@ export function createHook (deps: HookDeps): onRequestHookHandler {
 
 /** Refreshes the session, or answers the request itself (login) and says so. */
 async function refreshStale (
-  request: FastifyRequest, reply: FastifyReply, session: SessionFields, reason: StaleReason, deps: HookDeps
+  request: FastifyRequest, reply: FastifyReply, session: SessionFields, reason: NonNullable<Verdict>, deps: HookDeps
 ): Promise<boolean> {
-  const { options, listener, refresher } = deps
+  const { options, listener, refresher, users } = deps
+  const userId = session.get(options.identityField)
+  let verdict: Verdict = reason
   const stamp = session.get(STAMP)
   if (typeof stamp === 'number' && stamp > listener.version) {
     // Another instance has already seen a newer version than this one: catch up
     // first, or the session would be refreshed back and forth between the two.
     await listener.catchUp()
-    if (staleReason(session, options, listener.version) === null) return false
+    verdict = staleReason(session, options, listener.version, users)
+    if (verdict === null) return false
   }
+  if (verdict === 'user-logout') return logOut(request, reply, session, userId, verdict, deps)
 
-  const userId = session.get(options.identityField)
-  request.log.info({ userId, reason }, `Refreshing stale session for user: ${userId}`)
+  request.log.info({ userId, reason: verdict }, `Refreshing stale session for user: ${userId}`)
   const outcome = await refresher.run(request.session.sessionId, request)
 
   if (outcome.ok) {
     for (const [field, value] of Object.entries(outcome.fields)) session.set(field, value)
-    session.set(STAMP, outcome.version)
-    request.log.info({ userId, reason }, `Successfully refreshed session for ${userId}`)
+    writeStamp(session, outcome.stamp)
+    request.log.info({ userId, reason: verdict }, `Successfully refreshed session for ${userId}`)
     return false
   }
   if (outcome.reason === 'refresh-error') {
     request.log.error({ userId, reason: outcome.reason, err: outcome.error }, `Could not refresh session for user: ${userId}`)
     if (options.onRefreshError === 'keep') return false
   }
-  request.log.info({ userId, reason: outcome.reason }, `Falling back to login for user: ${userId}`)
-  clearLogin(session, options)
+  return logOut(request, reply, session, userId, outcome.reason, deps)
+}
+
+/** The one place that decides what a session that cannot stay logged in gets. */
+function logOut (
+  request: FastifyRequest, reply: FastifyReply, session: SessionFields, userId: unknown, reason: LoginReason, deps: HookDeps
+): true {
+  request.log.info({ userId, reason }, `Falling back to login for user: ${userId}`)
+  clearLogin(session, deps.options)
   deps.onLogout()
   // The reply may still be on its way (the session store saves in onSend), so
   // the handler must be skipped on our word, not on reply.sent.
-  sendToLogin(request, reply, options.loginUrl, outcome.reason)
+  sendToLogin(request, reply, deps.options.loginUrl, reason)
   return true
 }

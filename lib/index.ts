@@ -4,8 +4,9 @@ import { createHook } from './hook.js'
 import { VersionListener, type ListenerStatus } from './listener.js'
 import { resolveOptions, type SessionRefreshOptions } from './options.js'
 import { Refresher } from './refresher.js'
-import { STAMP, sessionOf } from './session-fields.js'
+import { sessionOf, writeStamp, type SessionFields, type Stamp } from './session-fields.js'
 import { addStatusRoute } from './status-route.js'
+import { UserVersions } from './user-versions.js'
 
 export interface SessionRefreshStatus extends ListenerStatus {
   /** Calls of `refresh` that returned session fields. */
@@ -23,8 +24,19 @@ export interface SessionRefreshDecorator {
   readonly version: number
   /** How the listener and the refreshes are doing. */
   status (): SessionRefreshStatus
-  /** Stamps the request's session with the current version; call it when a user logs in. */
+  /** Stamps the request's session with the current versions; call it when a user logs in. */
   stamp (request: FastifyRequest): void
+  /**
+   * Refreshes every session of one user, on every instance, on their next request.
+   * Resolves to the user's new version.
+   */
+  refreshUser (userId: string | number): Promise<number>
+  /**
+   * Logs every session of one user out, on every instance (after a password change, say).
+   * `keep`: a request whose session belongs to that user stays logged in and is re-stamped,
+   * like Django's update_session_auth_hash. Resolves to the user's new version.
+   */
+  logoutUser (userId: string | number, options?: { keep?: FastifyRequest }): Promise<number>
 }
 
 declare module 'fastify' {
@@ -40,22 +52,30 @@ declare module 'fastify' {
   interface Session {
     /** The session version this session was last refreshed or logged in at. Set by fastify-session-refresh. */
     sessionVersion?: number
+    /** The user's own version at that time. Set by fastify-session-refresh. */
+    sessionUserVersion?: number
   }
 }
 
 async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: SessionRefreshOptions): Promise<void> {
   const options = resolveOptions(rawOptions)
-  const listener = new VersionListener({ ...options, log: fastify.log })
+  const users = new UserVersions(options.sessionLifetime)
+  const listener = new VersionListener({ ...options, users, log: fastify.log })
   await listener.start()
   fastify.addHook('onClose', () => listener.close())
 
   const refresher = new Refresher({
     refresh: (request) => options.refresh(request.session, request),
-    currentVersion: () => listener.version,
+    currentStamp: (request) => currentStamp(sessionOf(request)!),
     requiredFields: options.requiredFields,
     maxConcurrent: options.maxConcurrentRefreshes
   })
   let logouts = 0
+
+  function currentStamp (session: SessionFields): Stamp {
+    const userId = session.get(options.identityField)
+    return { version: listener.version, userVersion: users.get(userId)?.version ?? 0 }
+  }
 
   fastify.decorate('sessionRefresh', {
     get version () {
@@ -69,12 +89,22 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       refreshesRunning: refresher.running
     }),
     stamp (request: FastifyRequest) {
-      sessionOf(request)?.set(STAMP, listener.version)
+      const session = sessionOf(request)
+      if (session !== null) writeStamp(session, currentStamp(session))
+    },
+    refreshUser: (userId) => listener.changeUser(String(userId), false),
+    async logoutUser (userId, { keep } = {}) {
+      const version = await listener.changeUser(String(userId), true)
+      const session = keep === undefined ? null : sessionOf(keep)
+      if (session !== null && String(session.get(options.identityField)) === String(userId)) {
+        writeStamp(session, currentStamp(session))
+      }
+      return version
     }
   } satisfies SessionRefreshDecorator)
   if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
 
-  fastify.addHook('onRequest', createHook({ options, listener, refresher, onLogout: () => { logouts++ } }))
+  fastify.addHook('onRequest', createHook({ options, listener, users, refresher, onLogout: () => { logouts++ } }))
 }
 
 export const sessionRefresh = fp(sessionRefreshPlugin, {

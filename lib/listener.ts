@@ -4,6 +4,7 @@ import postgres, { type Options, type PostgresType, type Sql } from 'postgres'
 import { DatabaseUnavailableError } from './errors.js'
 import { readSessionVersion } from './migrate.js'
 import { TrackedSockets } from './sockets.js'
+import { USER_CHANNEL, type UserVersions } from './user-versions.js'
 import { parseVersion } from './version.js'
 
 export const VERSION_CHANNEL = 'session_version'
@@ -16,6 +17,8 @@ export interface ListenerOptions {
   heartbeatTimeout: number
   pollInterval: number
   log: FastifyBaseLogger
+  /** Per-user versions, kept current on the same connection. */
+  users: UserVersions
   /** Reads the committed version. Tests wrap it to hold a read in flight. */
   read?: (sql: Sql) => Promise<number>
 }
@@ -29,6 +32,8 @@ export interface ListenerStatus {
   reconnects: number
   heartbeatMisses: number
   queueUsage: number | null
+  /** Users changed within one session lifetime that this instance tracks. */
+  userVersions: number
 }
 
 /** Reconnect quickly: a listener that is down is a listener that misses changes. */
@@ -112,7 +117,10 @@ export class VersionListener {
       clearTimeout(timer)
     }
     this.#started = true
-    this.#every(this.#options.pollInterval, () => this.#sync())
+    this.#every(this.#options.pollInterval, () => {
+      this.#options.users.prune()
+      void this.#sync()
+    })
     this.#every(this.#options.heartbeatInterval, () => this.#heartbeat())
   }
 
@@ -120,6 +128,7 @@ export class VersionListener {
     // Listen first, read second: a bump committed in between is then either in
     // the read or in a notification, never in neither.
     await this.#listenSql.listen(VERSION_CHANNEL, (payload) => this.#onNotification(payload), () => this.#onListen())
+    await this.#listenSql.listen(USER_CHANNEL, (payload) => this.#onUserNotification(payload))
     await this.#listenSql.listen(this.#heartbeatChannel, (payload) => this.#onHeartbeat(payload))
     await this.#readAndApply()
     this.listening = true
@@ -128,6 +137,17 @@ export class VersionListener {
   /** Re-reads the version now, sharing a read already in flight. Resolves false if the read failed. */
   catchUp (): Promise<boolean> {
     return this.#sync()
+  }
+
+  /** Runs session_refresh_user() or session_logout_user(), and applies the change here at once. */
+  async changeUser (userId: string, logout: boolean): Promise<number> {
+    const [row] = await this.#querySql.begin(async (tx) => {
+      await (logout ? tx`select session_logout_user(${userId})` : tx`select session_refresh_user(${userId})`)
+      return tx<{ version: string, logout_version: string }[]>`
+        select version::text, logout_version::text from session_user_versions where user_id = ${userId}`
+    })
+    this.#options.users.apply(userId, Number(row!.version), Number(row!.logout_version))
+    return Number(row!.version)
   }
 
   status (): ListenerStatus {
@@ -139,7 +159,8 @@ export class VersionListener {
       lastSyncAt: this.#lastSyncAt.toISOString(),
       reconnects: this.#reconnects,
       heartbeatMisses: this.#heartbeatMisses,
-      queueUsage: this.#queueUsage
+      queueUsage: this.#queueUsage,
+      userVersions: this.#options.users.size
     }
   }
 
@@ -169,6 +190,12 @@ export class VersionListener {
     this.#apply(version, 'notification')
   }
 
+  #onUserNotification (payload: string): void {
+    if (!this.#options.users.applyPayload(payload)) {
+      this.#options.log.warn({ payload }, 'Ignoring a session_user_version notification that is not a user version')
+    }
+  }
+
   #onListen (): void {
     // The first LISTEN is followed by start()'s own read; later ones are reconnects.
     if (!this.#started || this.#closed) return
@@ -195,7 +222,8 @@ export class VersionListener {
     const seen = this.#notifications
     const [version, usage] = await Promise.all([
       this.#read(this.#querySql),
-      this.#querySql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`
+      this.#querySql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`,
+      this.#options.users.catchUp(this.#querySql)
     ])
     this.#queueUsage = usage[0]!.usage
     this.#lastSyncAt = new Date()

@@ -1,15 +1,16 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { LoginRequiredError } from './errors.js'
-import { STAMP, type SessionFields } from './session-fields.js'
+import { STAMP, USER_STAMP, type SessionFields } from './session-fields.js'
 import type { StaleRule } from './stale.js'
 
 /** Why a request is sent to log in; also the `reason` in the 401 body and the logs. */
-export type LoginReason = 'not-logged-in' | 'user-gone' | 'refresh-error'
+export type LoginReason = 'not-logged-in' | 'user-gone' | 'refresh-error' | 'user-logout'
 
 const MESSAGES: Record<LoginReason, string> = {
   'not-logged-in': 'Please log in',
   'user-gone': 'Your account changed; please log in again',
-  'refresh-error': 'Your session could not be refreshed; please log in again'
+  'refresh-error': 'Your session could not be refreshed; please log in again',
+  'user-logout': 'You were logged out; please log in again'
 }
 
 /**
@@ -32,7 +33,7 @@ export function wantsPage (request: FastifyRequest): boolean {
 
 /** Removes what makes the session logged in, and nothing else the app keeps there. */
 export function clearLogin (session: SessionFields, rule: StaleRule): void {
-  for (const field of [rule.identityField, ...rule.requiredFields, STAMP]) session.set(field, undefined)
+  for (const field of [rule.identityField, ...rule.requiredFields, STAMP, USER_STAMP]) session.set(field, undefined)
 }
 
 /** The one place that answers a request that must log in: 302 for pages, 401 JSON for APIs. */

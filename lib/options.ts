@@ -70,6 +70,12 @@ export interface SessionRefreshOptions {
    * @default false
    */
   statusRoute?: string | false
+  /**
+   * Milliseconds a session can live (your cookie's maxAge). Per-user changes
+   * older than this cannot concern a live session and are forgotten.
+   * @default 86400000 (one day)
+   */
+  sessionLifetime?: number
 }
 
 export type ResolvedOptions = Required<SessionRefreshOptions>
@@ -84,7 +90,8 @@ const DEFAULTS = {
   heartbeatInterval: 10_000,
   heartbeatTimeout: 5_000,
   pollInterval: 30_000,
-  statusRoute: false
+  statusRoute: false,
+  sessionLifetime: 86_400_000
 } satisfies Omit<ResolvedOptions, 'connection' | 'refresh'>
 
 type Check = (value: unknown) => string | null
@@ -110,6 +117,7 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   heartbeatInterval: positiveInteger,
   heartbeatTimeout: positiveInteger,
   pollInterval: positiveInteger,
+  sessionLifetime: positiveInteger,
   statusRoute: (value) =>
     value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false"
 }

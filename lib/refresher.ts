@@ -1,10 +1,10 @@
 import type { FastifyRequest } from 'fastify'
 import { Limiter } from './limiter.js'
-import { sessionOf } from './session-fields.js'
+import { sessionOf, type Stamp } from './session-fields.js'
 
 /** What one call of the app's `refresh` produced, shared by every request that waited on it. */
 export type RefreshOutcome =
-  | { ok: true, fields: Record<string, unknown>, version: number }
+  | { ok: true, fields: Record<string, unknown>, stamp: Stamp }
   | { ok: false, reason: 'user-gone' }
   | { ok: false, reason: 'refresh-error', error: unknown }
 
@@ -12,7 +12,8 @@ export type RefreshFunction = (request: FastifyRequest) => unknown
 
 export interface RefresherOptions {
   refresh: RefreshFunction
-  currentVersion: () => number
+  /** The stamp a session refreshed now gets. */
+  currentStamp: (request: FastifyRequest) => Stamp
   requiredFields: readonly string[]
   maxConcurrent: number
 }
@@ -61,15 +62,15 @@ export class Refresher {
   }
 
   async #call (request: FastifyRequest): Promise<RefreshOutcome> {
-    // Stamp with the version seen before reading: if it moves during the read,
+    // Stamp with the versions seen before reading: if they move during the read,
     // the session is stale again next time, which is the safe side.
-    const version = this.#options.currentVersion()
+    const stamp = this.#options.currentStamp(request)
     try {
       const result = await this.#options.refresh(request)
       if (result === null) return { ok: false, reason: 'user-gone' }
       const fields = this.#check(result, request)
       this.refreshes++
-      return { ok: true, fields, version }
+      return { ok: true, fields, stamp }
     } catch (error) {
       this.failures++
       return { ok: false, reason: 'refresh-error', error }

@@ -1,7 +1,15 @@
 import type { FastifyRequest } from 'fastify'
 
-/** The session key that holds the version a session was last refreshed at. */
+/** The session key that holds the global version a session was last refreshed at. */
 export const STAMP = 'sessionVersion'
+/** The session key that holds the user's own version at that time (0: no change known). */
+export const USER_STAMP = 'sessionUserVersion'
+
+/** The two versions a session is stamped with. */
+export interface Stamp {
+  version: number
+  userVersion: number
+}
 
 /**
  * The session, seen as plain keys and values. The app types its own fields by
@@ -16,4 +24,9 @@ export interface SessionFields {
 export function sessionOf (request: FastifyRequest): SessionFields | null {
   const session = request.session as unknown as Partial<SessionFields> | null
   return typeof session?.get === 'function' ? session as SessionFields : null
+}
+
+export function writeStamp (session: SessionFields, stamp: Stamp): void {
+  session.set(STAMP, stamp.version)
+  session.set(USER_STAMP, stamp.userVersion)
 }

@@ -1,7 +1,11 @@
-import { STAMP, type SessionFields } from './session-fields.js'
+import { STAMP, USER_STAMP, type SessionFields } from './session-fields.js'
+import type { UserVersions } from './user-versions.js'
 
 /** Why a session needs a refresh; these words also appear in the logs. */
-export type StaleReason = 'no-stamp' | 'version' | 'missing-field'
+export type StaleReason = 'no-stamp' | 'version' | 'missing-field' | 'user-changed'
+
+/** What the check says of a session: fresh (null), stale, or logged out by a per-user change. */
+export type Verdict = StaleReason | 'user-logout' | null
 
 export interface StaleRule {
   identityField: string
@@ -13,18 +17,25 @@ export function isLoggedIn (session: SessionFields, rule: StaleRule): boolean {
 }
 
 /**
- * The one place that decides whether a session is stale: a few property reads
- * and one integer compare, no I/O. A logged-out session is never stale.
+ * The one place that decides whether a session is stale: a few property reads,
+ * an integer compare and a map lookup, no I/O. A logged-out session is never stale;
+ * one stamped before its user's last logout-required change must log in again.
  * The stamp differing from the version, in either direction, makes it stale,
  * so a restore that lowers the version refreshes sessions too.
  */
-export function staleReason (session: SessionFields, rule: StaleRule, version: number): StaleReason | null {
-  if (!isLoggedIn(session, rule)) return null
+export function staleReason (session: SessionFields, rule: StaleRule, version: number, users: UserVersions): Verdict {
+  const userId = session.get(rule.identityField)
+  if (userId == null) return null
+  const user = users.get(userId)
+  // Checked first: no refresh may re-stamp a session that must log in again.
+  const userStamp = session.get(USER_STAMP) ?? 0
+  if (user !== undefined && (userStamp as number) < user.logoutVersion) return 'user-logout'
   const stamp = session.get(STAMP)
   if (stamp === undefined) return 'no-stamp'
   if (stamp !== version) return 'version'
   for (const field of rule.requiredFields) {
     if (session.get(field) == null) return 'missing-field'
   }
+  if (user !== undefined && userStamp !== user.version) return 'user-changed'
   return null
 }

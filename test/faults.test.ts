@@ -1,6 +1,7 @@
 import postgres from 'postgres'
 import t from 'tap'
 import { bumpSessionVersion, readSessionVersion } from '../lib/index.js'
+import { UserVersions } from '../lib/user-versions.js'
 import { VersionListener } from '../lib/listener.js'
 import { API, buildApp, login, testLogger, type TestApp } from './helpers/app.js'
 import { terminateListeners } from './helpers/backends.js'
@@ -54,6 +55,7 @@ t.test('catch-up race: a notification during an in-flight re-read is not overwri
     heartbeatTimeout: 5000,
     pollInterval: 60_000,
     log: testLogger().log,
+    users: new UserVersions(86_400_000),
     read: async (sql) => {
       const version = await readSessionVersion(sql)
       if (holdNextRead) {
@@ -162,6 +164,7 @@ t.test('a failing re-read is logged and the listener keeps going', async (t) => 
     heartbeatTimeout: 5000,
     pollInterval: 20,
     log,
+    users: new UserVersions(86_400_000),
     read: async (sql) => {
       if (failReads) throw new Error('read exploded')
       return readSessionVersion(sql)

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { bumpSessionVersion, readSessionVersion } from '../lib/index.js'
+import { UserVersions } from '../lib/user-versions.js'
 import { VersionListener, type ListenerOptions } from '../lib/listener.js'
 import { API, buildApp, login, testLogger } from './helpers/app.js'
 import { childEnv } from './helpers/child-env.js'
@@ -18,6 +19,7 @@ function listenerOptions (overrides: Partial<ListenerOptions> = {}): ListenerOpt
     heartbeatTimeout: 5000,
     pollInterval: 60_000,
     log: testLogger().log,
+    users: new UserVersions(86_400_000),
     ...overrides
   }
 }

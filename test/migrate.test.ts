@@ -5,7 +5,7 @@ import { createDatabase, eventually } from './helpers/database.js'
 
 t.test('migrate creates the table, the row and the trigger, and is idempotent', async (t) => {
   const { sql } = await createDatabase(t, { migrated: false })
-  t.same(await migrate(sql), ['001_session_version.sql'])
+  t.same(await migrate(sql), ['001_session_version.sql', '002_user_versions.sql'])
   const [row] = await sql`select key, value, description from system_settings`
   t.same(row, { key: 'session_version', value: '1', description: 'Version number incremented after each ETL run' })
   const columns = await sql`
