@@ -75,15 +75,15 @@ export async function main (argv: readonly string[], io: CliIo): Promise<number>
     io.err(`session-refresh: ${oneLine(err)}\nRun \`session-refresh --help\` for the commands.\n`)
     return EXIT_USAGE
   }
+  let code = EXIT_OK
   try {
     await run(sql, invocation, io)
-    return EXIT_OK
   } catch (err) {
     io.err(`session-refresh: ${describeError(err)}\n`)
-    return EXIT_FAILED
-  } finally {
-    await sql.end({ timeout: 1 })
+    code = EXIT_FAILED
   }
+  await sql.end({ timeout: 1 })
+  return code
 }
 
 function parseInvocation (argv: readonly string[], env: CliIo['env']): Invocation | 'help' {

@@ -24,14 +24,22 @@ export interface ListenerOptions {
 }
 
 export interface ListenerStatus {
+  /** LISTEN is active and the version was read after the last (re)connect; false means changes may be missed right now. */
   listening: boolean
+  /** The session version this instance holds in memory. */
   version: number
+  /** When the last session_version notification arrived (ISO); null if none has yet. */
   lastNotificationAt: string | null
+  /** When the last heartbeat came back through the LISTEN connection (ISO); null if none has yet. */
   lastHeartbeatAt: string | null
+  /** When the version was last read from the table (ISO): at start, after a reconnect, every pollInterval. */
   lastSyncAt: string
+  /** How often the LISTEN connection came back after being lost. */
   reconnects: number
+  /** Heartbeats that did not come back within heartbeatTimeout; each one forces a reconnect. */
   heartbeatMisses: number
-  queueUsage: number | null
+  /** pg_notification_queue_usage() at the last read, from 0 to 1. */
+  queueUsage: number
   /** Users changed within one session lifetime that this instance tracks. */
   userVersions: number
 }
@@ -58,7 +66,7 @@ export class VersionListener {
   #lastSyncAt = new Date()
   #reconnects = 0
   #heartbeatMisses = 0
-  #queueUsage: number | null = null
+  #queueUsage = 0
 
   readonly #options: ListenerOptions
   readonly #read: (sql: Sql) => Promise<number>
@@ -220,12 +228,12 @@ export class VersionListener {
 
   async #readAndApply (): Promise<void> {
     const seen = this.#notifications
-    const [version, usage] = await Promise.all([
-      this.#read(this.#querySql),
-      this.#querySql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`,
-      this.#options.users.catchUp(this.#querySql)
-    ])
-    this.#queueUsage = usage[0]!.usage
+    // One after another: postgres.js 3.4 can leave a process unable to exit when
+    // one of several pipelined queries fails (a missing table, say).
+    const version = await this.#read(this.#querySql)
+    const [usage] = await this.#querySql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`
+    await this.#options.users.catchUp(this.#querySql)
+    this.#queueUsage = usage!.usage
     this.#lastSyncAt = new Date()
     // A notification that arrived meanwhile carries a value at least as new as
     // what this read saw, so the read must not overwrite it.

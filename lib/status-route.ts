@@ -8,17 +8,18 @@ export const statusSchema = {
   type: 'object',
   required: [
     'listening', 'version', 'lastNotificationAt', 'lastHeartbeatAt', 'lastSyncAt', 'reconnects',
-    'heartbeatMisses', 'queueUsage', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
+    'heartbeatMisses', 'queueUsage', 'userVersions', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
   ],
   properties: {
     listening: { type: 'boolean', description: 'LISTEN is active and the version was read after the last (re)connect. False means changes may be missed right now.' },
     version: count('The session version this instance holds in memory.'),
     lastNotificationAt: timestamp('When the last session_version notification arrived; null if none has yet.'),
     lastHeartbeatAt: timestamp('When the last heartbeat came back through the LISTEN connection; null if none has yet.'),
-    lastSyncAt: timestamp('When the version was last read from the table (at start, after a reconnect, every pollInterval).'),
+    lastSyncAt: { type: 'string', format: 'date-time', description: 'When the version was last read from the table (at start, after a reconnect, every pollInterval).' },
     reconnects: count('How often the LISTEN connection came back after being lost.'),
     heartbeatMisses: count('Heartbeats that did not come back within heartbeatTimeout; each one forces a reconnect.'),
-    queueUsage: { type: ['number', 'null'], description: 'pg_notification_queue_usage() at the last read, 0 to 1; null before the first read.' },
+    queueUsage: { type: 'number', minimum: 0, maximum: 1, description: 'pg_notification_queue_usage() at the last read, from 0 to 1.' },
+    userVersions: count('Users changed within one session lifetime that this instance tracks.'),
     refreshes: count('Calls of refresh that returned session fields.'),
     refreshFailures: count('Calls of refresh that threw or returned something unusable.'),
     logouts: count('Requests sent to log in because their session could not be refreshed.'),
@@ -35,7 +36,10 @@ export function addStatusRoute (fastify: FastifyInstance, url: string): void {
     // A health check must answer even for a stale session, and must not trigger a refresh.
     config: { sessionRefresh: false },
     schema: { response: { 200: statusSchema, 503: statusSchema } }
-  }, async function statusHandler (_request, reply) {
+  }, async function statusHandler (request, reply) {
+    // A poller sends no cookie, and @fastify/session would store a new empty
+    // session for every poll. It saves nothing for a request whose session is null.
+    (request as { session: unknown }).session = null
     const status = fastify.sessionRefresh.status()
     // Health checks poll; a cached answer would hide a listener that just went down.
     reply.header('cache-control', 'no-store').code(status.listening ? 200 : 503)
