@@ -132,3 +132,16 @@ t.test('close() ends the connections, and a closed app lets the process exit', a
     where application_name = 'fastify-session-refresh' and datname = current_database()` as unknown as [{ count: number }]
   t.equal(count, 0, 'no backend of the plugin is left')
 })
+
+t.test('a stray payload on the heartbeat channel is not taken for a heartbeat', async (t) => {
+  const { app } = await buildApp(t, { url: db.url })
+  // The channel is private to the instance, but anyone who reads pg_stat_activity can find it.
+  const [listen] = await db.sql`
+    select query from pg_stat_activity
+    where application_name = 'fastify-session-refresh' and datname = current_database() and query ilike 'listen "session_refresh_hb_%'`
+  const channel = String(listen!.query).match(/"(session_refresh_hb_[0-9a-f]+)"/)![1]!
+  await db.sql`select pg_notify(${channel}, '1')`
+  await bumpSessionVersion(db.sql) // delivered after the stray payload, in commit order
+  await eventually('the bump', async () => app.sessionRefresh.version === await readSessionVersion(db.sql))
+  t.equal(app.sessionRefresh.status().lastHeartbeatAt, null, 'no heartbeat was sent, so none came back')
+})

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { childEnv } from './child-env.js'
 import { fileURLToPath } from 'node:url'
 import type { CliIo } from '../../lib/cli.js'
 import { eventually } from './database.js'
@@ -17,7 +18,7 @@ export interface RunningCli {
 
 /** Starts `session-refresh <args>` as a real process. DATABASE_URL is removed unless `env` gives one. */
 export function startCli (args: string[], env: Record<string, string> = {}): RunningCli {
-  const { DATABASE_URL: _ignored, ...inherited } = process.env
+  const { DATABASE_URL: _ignored, ...inherited } = childEnv()
   const child = spawn(process.execPath, ['--import', 'tsx', ENTRY, ...args], {
     env: { ...inherited, ...env },
     stdio: ['ignore', 'pipe', 'pipe']
