@@ -4,7 +4,7 @@ import { createHook } from './hook.js'
 import { VersionListener, type ListenerStatus } from './listener.js'
 import { resolveOptions, type SessionRefreshOptions } from './options.js'
 import { Refresher } from './refresher.js'
-import { sessionOf, writeStamp, type SessionFields, type Stamp } from './session-fields.js'
+import { USER_STAMP, sessionOf, writeStamp, type SessionFields, type Stamp } from './session-fields.js'
 import { addStatusRoute } from './status-route.js'
 import { UserVersions } from './user-versions.js'
 
@@ -97,7 +97,8 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       const version = await listener.changeUser(String(userId), true)
       const session = keep === undefined ? null : sessionOf(keep)
       if (session !== null && String(session.get(options.identityField)) === String(userId)) {
-        writeStamp(session, currentStamp(session))
+        // Only the user stamp: a session that is stale for another reason stays stale.
+        session.set(USER_STAMP, version)
       }
       return version
     }

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { bumpSessionVersion } from '../lib/index.js'
 import { API, PAGE, buildApp, login, type TestApp } from './helpers/app.js'
 import { terminateListeners } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
@@ -166,4 +167,19 @@ t.test('a login after a change is stamped with it and not refreshed', async (t) 
   const cookie = await login(app, 701)
   t.equal((await app.inject({ url: '/me', headers: { cookie, ...API } })).statusCode, 200)
   t.same(refreshCalls, [])
+})
+
+t.test('keep re-stamps only the user version: a session stale for another reason is still refreshed', async (t) => {
+  const { app, refreshCalls } = await buildApp(t, { url: db.url })
+  app.post('/password-unchecked', { config: { sessionRefresh: false } }, async (request) => {
+    return { version: await app.sessionRefresh.logoutUser(request.session.get('id')!, { keep: request }) }
+  })
+  const cookie = await login(app, 801)
+  const bumped = await bumpSessionVersion(db.sql)
+  await eventually('the bump', () => app.sessionRefresh.version === bumped)
+  t.equal((await app.inject({ method: 'POST', url: '/password-unchecked', headers: { cookie, ...API } })).statusCode, 200)
+  const res = await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.equal(res.statusCode, 200, 'kept logged in')
+  t.equal(res.json().sessionVersion, bumped)
+  t.same(refreshCalls, [801], 'and refreshed for the bump')
 })
