@@ -18,8 +18,7 @@ export interface WatchIo {
  */
 export async function watch (sql: Sql, io: WatchIo): Promise<void> {
   // Read first: it fails with a clear error when the table is missing.
-  const start = await readVersionRow(sql)
-  let last = start.version
+  let last = (await readVersionRow(sql)).version
   let started = false
   // One line at a time, in the order the notifications came.
   let printing = Promise.resolve()
@@ -56,6 +55,9 @@ export async function watch (sql: Sql, io: WatchIo): Promise<void> {
     printing = printing.then(() => onChange(payload)).catch(io.error)
   }, onListen)
   started = true
+  // Read again once listening: a bump between the first read and the LISTEN would be in neither.
+  const start = await readVersionRow(sql)
+  last = start.version
   io.out(`watching session_version, now ${start.version} (${formatAge(start.ageMs)} since updated_at); Ctrl-C to stop\n`)
   await io.stopped()
   await printing

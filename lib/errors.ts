@@ -12,7 +12,7 @@ export const DatabaseUnavailableError = createError(
 
 export const MissingTableError = createError(
   'FST_SESSION_REFRESH_NOT_MIGRATED',
-  'The system_settings table or its session_version row is missing: run migrate(sql) or `npx session-refresh migrate` first',
+  'A table of fastify-session-refresh (system_settings with its session_version row, or session_user_versions) is missing: run migrate(sql) or `npx session-refresh migrate` first',
   500
 )
 
@@ -23,3 +23,5 @@ export const MalformedVersionError = createError(
 )
 
 export const LoginRequiredError = createError('FST_SESSION_REFRESH_LOGIN_REQUIRED', '%s', 401)
+
+export const RefreshTimeoutError = createError('FST_SESSION_REFRESH_TIMEOUT', 'refresh() did not settle within %d ms', 500)

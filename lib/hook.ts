@@ -3,8 +3,8 @@ import type { VersionListener } from './listener.js'
 import { clearLogin, sendToLogin, type LoginReason } from './login.js'
 import type { ResolvedOptions } from './options.js'
 import type { Refresher } from './refresher.js'
-import { STAMP, sessionOf, writeStamp, type SessionFields } from './session-fields.js'
-import { isLoggedIn, staleReason, type Verdict } from './stale.js'
+import { sessionOf, writeStamp, type SessionFields } from './session-fields.js'
+import { isAhead, isLoggedIn, mustLogOut, staleReason, type Verdict } from './stale.js'
 import type { UserVersions } from './user-versions.js'
 
 export interface HookDeps {
@@ -22,16 +22,14 @@ export interface HookDeps {
  * the slow way, through the app's `refresh`.
  */
 export function createHook (deps: HookDeps): onRequestHookHandler {
-  const { options, listener, users } = deps
+  const { options } = deps
 
   return function sessionRefreshHook (request, reply, done) {
     const config = request.routeOptions.config
     const session = sessionOf(request)
-    const reason = session !== null && config.sessionRefresh !== false
-      ? staleReason(session, options, listener.version, users)
-      : null
-    if (reason !== null) {
-      refreshStale(request, reply, session!, reason, deps).then((answered) => { if (!answered) done() }, done)
+    const verdict = session === null ? null : judge(session, config.sessionRefresh !== false, deps)
+    if (verdict !== null) {
+      refreshStale(request, reply, session!, verdict, deps).then((answered) => { if (!answered) done() }, done)
       return
     }
     if (config.loginRequired === true && (session === null || !isLoggedIn(session, options))) {
@@ -42,6 +40,13 @@ export function createHook (deps: HookDeps): onRequestHookHandler {
   }
 }
 
+/** On a route with `sessionRefresh: false` nothing is refreshed, but a forced logout still holds. */
+function judge (session: SessionFields, refreshing: boolean, { options, listener, users }: HookDeps): Verdict {
+  if (refreshing) return staleReason(session, options, listener.version, users)
+  const userId = session.get(options.identityField)
+  return userId != null && mustLogOut(session, userId, users) ? 'user-logout' : null
+}
+
 /** Refreshes the session, or answers the request itself (login) and says so. */
 async function refreshStale (
   request: FastifyRequest, reply: FastifyReply, session: SessionFields, reason: NonNullable<Verdict>, deps: HookDeps
@@ -49,11 +54,10 @@ async function refreshStale (
   const { options, listener, refresher, users } = deps
   const userId = session.get(options.identityField)
   let verdict: Verdict = reason
-  const stamp = session.get(STAMP)
-  if (typeof stamp === 'number' && stamp > listener.version) {
-    // Another instance has already seen a newer version than this one: catch up
-    // first, or the session would be refreshed back and forth between the two.
-    await listener.catchUp()
+  if (isAhead(session, options, listener.version, users)) {
+    // Another instance has seen a change this one has not heard of yet. If the
+    // catch-up fails, serve the session as it is rather than stamp it backwards.
+    if (!await listener.catchUp()) return false
     verdict = staleReason(session, options, listener.version, users)
     if (verdict === null) return false
   }
@@ -64,7 +68,10 @@ async function refreshStale (
 
   if (outcome.ok) {
     for (const [field, value] of Object.entries(outcome.fields)) session.set(field, value)
-    writeStamp(session, outcome.stamp)
+    const newId = session.get(options.identityField)
+    // A refresh may move the session to another id (an ETL renumbers users): its
+    // user stamp must then be that user's, or the next request would judge wrongly.
+    writeStamp(session, newId === userId ? outcome.stamp : { ...outcome.stamp, userVersion: users.get(newId)?.version ?? 0 })
     request.log.info({ userId, reason: verdict }, `Successfully refreshed session for ${userId}`)
     return false
   }

@@ -7,6 +7,8 @@ import { Refresher } from './refresher.js'
 import { USER_STAMP, sessionOf, writeStamp, type SessionFields, type Stamp } from './session-fields.js'
 import { addStatusRoute } from './status-route.js'
 import { UserVersions } from './user-versions.js'
+import { openConnection } from './connection.js'
+import type { Sql } from 'postgres'
 
 export interface SessionRefreshStatus extends ListenerStatus {
   /** Calls of `refresh` that returned session fields. */
@@ -62,13 +64,21 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
   const users = new UserVersions(options.sessionLifetime)
   const listener = new VersionListener({ ...options, users, log: fastify.log })
   await listener.start()
-  fastify.addHook('onClose', () => listener.close())
+  // Per-user changes get a connection of their own, opened on first use: on the
+  // listener's, a change waiting for a row lock would hold up the heartbeat.
+  let writer: Sql | undefined
+  const changeUser = (userId: string | number, logout: boolean): Promise<number> => {
+    writer ??= openConnection(options.connection, { max: 1, idle_timeout: 30, connect_timeout: Math.ceil(options.connectTimeout / 1000) })
+    return users.change(writer, String(userId), logout)
+  }
+  fastify.addHook('onClose', () => Promise.all([listener.close(), writer?.end({ timeout: 1 })]))
 
   const refresher = new Refresher({
     refresh: (request) => options.refresh(request.session, request),
     currentStamp: (request) => currentStamp(sessionOf(request)!),
     requiredFields: options.requiredFields,
-    maxConcurrent: options.maxConcurrentRefreshes
+    maxConcurrent: options.maxConcurrentRefreshes,
+    timeout: options.refreshTimeout
   })
   let logouts = 0
 
@@ -92,9 +102,9 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       const session = sessionOf(request)
       if (session !== null) writeStamp(session, currentStamp(session))
     },
-    refreshUser: (userId) => listener.changeUser(String(userId), false),
+    refreshUser: (userId) => changeUser(userId, false),
     async logoutUser (userId, { keep } = {}) {
-      const version = await listener.changeUser(String(userId), true)
+      const version = await changeUser(userId, true)
       const session = keep === undefined ? null : sessionOf(keep)
       if (session !== null && String(session.get(options.identityField)) === String(userId)) {
         // Only the user stamp: a session that is stale for another reason stays stale.

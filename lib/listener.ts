@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import postgres, { type Options, type PostgresType, type Sql } from 'postgres'
+import type { Sql } from 'postgres'
+import { openConnection, type Connection } from './connection.js'
 import { DatabaseUnavailableError } from './errors.js'
 import { readSessionVersion } from './migrate.js'
 import { TrackedSockets } from './sockets.js'
@@ -8,10 +9,10 @@ import { USER_CHANNEL, type UserVersions } from './user-versions.js'
 import { parseVersion } from './version.js'
 
 export const VERSION_CHANNEL = 'session_version'
-export const APPLICATION_NAME = 'fastify-session-refresh'
+export { APPLICATION_NAME } from './connection.js'
 
 export interface ListenerOptions {
-  connection: string | Options<Record<string, PostgresType>>
+  connection: Connection
   connectTimeout: number
   heartbeatInterval: number
   heartbeatTimeout: number
@@ -71,13 +72,19 @@ export class VersionListener {
   readonly #options: ListenerOptions
   readonly #read: (sql: Sql) => Promise<number>
   // A closed LISTEN socket means changes are being missed until the catch-up.
-  readonly #listenSockets = new TrackedSockets(() => { this.listening = false })
+  readonly #listenSockets = new TrackedSockets(() => {
+    this.listening = false
+    this.#generation++
+  })
   readonly #querySockets = new TrackedSockets()
   readonly #listenSql: Sql
   readonly #querySql: Sql
   readonly #heartbeatChannel = `session_refresh_hb_${randomUUID().replaceAll('-', '')}`
-  #started = false
   #closed = false
+  #listens = 0
+  // Changes with every LISTEN socket lost or LISTEN re-established, so a catch-up
+  // that finishes after the next loss does not claim to be listening.
+  #generation = 0
   // Counts notifications, so a re-read that raced one knows its answer is older.
   #notifications = 0
   #syncing: Promise<boolean> | null = null
@@ -94,18 +101,15 @@ export class VersionListener {
   }
 
   #connect (sockets: TrackedSockets): Sql {
-    const tuned = {
+    return openConnection(this.#options.connection, {
       max: 1,
       connect_timeout: Math.ceil(this.#options.connectTimeout / 1000),
       keep_alive: 10,
       backoff,
-      target_session_attrs: 'primary' as const,
-      socket: sockets.create
-    }
-    const { connection } = this.#options
-    return typeof connection === 'string'
-      ? postgres(connection, { ...tuned, connection: { application_name: APPLICATION_NAME } })
-      : postgres({ ...connection, ...tuned, connection: { ...connection.connection, application_name: APPLICATION_NAME } })
+      target_session_attrs: 'primary',
+      // Not in postgres.js's types, but in its options: a factory for the socket.
+      ...{ socket: sockets.create }
+    })
   }
 
   /** Resolves once LISTEN is active and the version is known, or fails within `connectTimeout`. */
@@ -124,7 +128,6 @@ export class VersionListener {
     } finally {
       clearTimeout(timer)
     }
-    this.#started = true
     this.#every(this.#options.pollInterval, () => {
       this.#options.users.prune()
       void this.#sync()
@@ -145,17 +148,6 @@ export class VersionListener {
   /** Re-reads the version now, sharing a read already in flight. Resolves false if the read failed. */
   catchUp (): Promise<boolean> {
     return this.#sync()
-  }
-
-  /** Runs session_refresh_user() or session_logout_user(), and applies the change here at once. */
-  async changeUser (userId: string, logout: boolean): Promise<number> {
-    const [row] = await this.#querySql.begin(async (tx) => {
-      await (logout ? tx`select session_logout_user(${userId})` : tx`select session_refresh_user(${userId})`)
-      return tx<{ version: string, logout_version: string }[]>`
-        select version::text, logout_version::text from session_user_versions where user_id = ${userId}`
-    })
-    this.#options.users.apply(userId, Number(row!.version), Number(row!.logout_version))
-    return Number(row!.version)
   }
 
   status (): ListenerStatus {
@@ -205,12 +197,17 @@ export class VersionListener {
   }
 
   #onListen (): void {
-    // The first LISTEN is followed by start()'s own read; later ones are reconnects.
-    if (!this.#started || this.#closed) return
+    // The first LISTEN is followed by start()'s own read; later ones are reconnects,
+    // even one during start().
+    if (this.#listens++ === 0 || this.#closed) return
     this.#reconnects++
+    const generation = ++this.#generation
     this.#options.log.info({ reconnects: this.#reconnects }, 'session_version listener reconnected, catching up')
-    void this.#sync().then((synced) => {
-      this.listening = synced && !this.#closed
+    // A read already in flight may have started before the connection was lost,
+    // so the catch-up is a read of its own, after that one.
+    const inFlight = this.#syncing ?? Promise.resolve(true)
+    void inFlight.then(() => this.#sync()).then((synced) => {
+      this.listening = synced && generation === this.#generation && !this.#closed
     })
   }
 
@@ -232,7 +229,7 @@ export class VersionListener {
     // one of several pipelined queries fails (a missing table, say).
     const version = await this.#read(this.#querySql)
     const [usage] = await this.#querySql<{ usage: number }[]>`select pg_notification_queue_usage() as usage`
-    await this.#options.users.catchUp(this.#querySql)
+    await this.#options.users.readChanges(this.#querySql)
     this.#queueUsage = usage!.usage
     this.#lastSyncAt = new Date()
     // A notification that arrived meanwhile carries a value at least as new as

@@ -16,6 +16,8 @@ export async function migrate (sql: Sql): Promise<string[]> {
   const files = (await readdir(sqlDir)).filter((name) => name.endsWith('.sql')).sort()
   await sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(${MIGRATION_LOCK})`
+    // Give up rather than queue behind a long ETL, blocking every reader meanwhile.
+    await tx`set local lock_timeout = '10s'`
     for (const file of files) {
       await tx.unsafe(await readFile(new URL(file, sqlDir), 'utf8'))
     }
@@ -40,7 +42,8 @@ export async function bumpSessionVersion (sql: Sql): Promise<number> {
   return parseVersionOrThrow(rows[0].value)
 }
 
-async function withTableCheck<T> (query: PromiseLike<T>): Promise<T> {
+/** Turns PostgreSQL's "undefined table" into the coded error that says to migrate. */
+export async function withTableCheck<T> (query: PromiseLike<T>): Promise<T> {
   try {
     return await query
   } catch (err) {

@@ -44,6 +44,11 @@ export interface SessionRefreshOptions {
    */
   maxConcurrentRefreshes?: number
   /**
+   * Milliseconds after which a `refresh` call that has not settled counts as failed (`refresh-error`).
+   * @default 10000
+   */
+  refreshTimeout?: number
+  /**
    * Milliseconds within which registration must have connected, listened and read the version.
    * @default 10000
    */
@@ -86,6 +91,7 @@ const DEFAULTS = {
   loginUrl: '/login',
   onRefreshError: 'logout',
   maxConcurrentRefreshes: 16,
+  refreshTimeout: 10_000,
   connectTimeout: 10_000,
   heartbeatInterval: 10_000,
   heartbeatTimeout: 5_000,
@@ -113,6 +119,7 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   loginUrl: nonEmptyString,
   onRefreshError: (value) => value === 'logout' || value === 'keep' ? null : "'logout' or 'keep'",
   maxConcurrentRefreshes: positiveInteger,
+  refreshTimeout: positiveInteger,
   connectTimeout: positiveInteger,
   heartbeatInterval: positiveInteger,
   heartbeatTimeout: positiveInteger,

@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import { RefreshTimeoutError } from './errors.js'
 import { Limiter } from './limiter.js'
 import { sessionOf, type Stamp } from './session-fields.js'
 
@@ -16,6 +17,8 @@ export interface RefresherOptions {
   currentStamp: (request: FastifyRequest) => Stamp
   requiredFields: readonly string[]
   maxConcurrent: number
+  /** Milliseconds after which a `refresh` that has not settled counts as failed. */
+  timeout: number
 }
 
 /**
@@ -66,7 +69,7 @@ export class Refresher {
     // the session is stale again next time, which is the safe side.
     const stamp = this.#options.currentStamp(request)
     try {
-      const result = await this.#options.refresh(request)
+      const result = await this.#withTimeout(this.#options.refresh(request))
       if (result === null) return { ok: false, reason: 'user-gone' }
       const fields = this.#check(result, request)
       this.refreshes++
@@ -74,6 +77,23 @@ export class Refresher {
     } catch (error) {
       this.failures++
       return { ok: false, reason: 'refresh-error', error }
+    }
+  }
+
+  /**
+   * A refresh that never settles would hold every request of its session, and
+   * a slot of the limiter, for good. The call itself cannot be stopped; it is
+   * only no longer waited for.
+   */
+  async #withTimeout (result: unknown): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new RefreshTimeoutError(this.#options.timeout)), this.#options.timeout)
+    })
+    try {
+      return await Promise.race([result, timeout])
+    } finally {
+      clearTimeout(timer)
     }
   }
 

@@ -26,16 +26,37 @@ export function isLoggedIn (session: SessionFields, rule: StaleRule): boolean {
 export function staleReason (session: SessionFields, rule: StaleRule, version: number, users: UserVersions): Verdict {
   const userId = session.get(rule.identityField)
   if (userId == null) return null
-  const user = users.get(userId)
   // Checked first: no refresh may re-stamp a session that must log in again.
-  const userStamp = session.get(USER_STAMP) ?? 0
-  if (user !== undefined && (userStamp as number) < user.logoutVersion) return 'user-logout'
+  if (mustLogOut(session, userId, users)) return 'user-logout'
   const stamp = session.get(STAMP)
   if (stamp === undefined) return 'no-stamp'
   if (stamp !== version) return 'version'
   for (const field of rule.requiredFields) {
     if (session.get(field) == null) return 'missing-field'
   }
-  if (user !== undefined && userStamp !== user.version) return 'user-changed'
+  const user = users.get(userId)
+  if (user !== undefined && session.get(USER_STAMP) !== user.version) return 'user-changed'
   return null
+}
+
+/** A session stamped before its user's last logout-required change must log in again. */
+export function mustLogOut (session: SessionFields, userId: unknown, users: UserVersions): boolean {
+  const user = users.get(userId)
+  return user !== undefined && userStamp(session) < user.logoutVersion
+}
+
+/**
+ * Whether the session was stamped by an instance that has already heard of a
+ * change this one has not: it must catch up before judging, or the session would
+ * be refreshed back and forth between the two.
+ */
+export function isAhead (session: SessionFields, rule: StaleRule, version: number, users: UserVersions): boolean {
+  const stamp = session.get(STAMP)
+  if (typeof stamp === 'number' && stamp > version) return true
+  const user = users.get(session.get(rule.identityField))
+  return user !== undefined && userStamp(session) > user.version
+}
+
+function userStamp (session: SessionFields): number {
+  return (session.get(USER_STAMP) as number | undefined) ?? 0
 }

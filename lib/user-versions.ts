@@ -1,4 +1,5 @@
 import type { Sql } from 'postgres'
+import { withTableCheck } from './migrate.js'
 
 export const USER_CHANNEL = 'session_user_version'
 
@@ -6,13 +7,16 @@ export const USER_CHANNEL = 'session_user_version'
 export interface UserVersion {
   /** The user's latest version. */
   version: number
-  /** Sessions stamped before this version must log in again (0: never). */
+  /** Sessions stamped before this version must log in again (0: no logout within one session lifetime). */
   logoutVersion: number
   /** When the change was made or heard of, for pruning. */
   changedAt: number
 }
 
-interface Row { user_id: string, version: string, logout_version: string, changed_at: number }
+// Numbers arrive as text: bigint and numeric do not fit a JavaScript number in general.
+interface Row { user_id: string, version: string, logout_version: string, logout_at: string | null, changed_at?: string }
+
+const ROW_COLUMNS = 'user_id, version::text, logout_version::text, (extract(epoch from logout_at) * 1000)::text as logout_at'
 
 /**
  * User id → latest per-user version, for users changed within one session
@@ -22,8 +26,8 @@ interface Row { user_id: string, version: string, logout_version: string, change
 export class UserVersions {
   readonly #versions = new Map<string, UserVersion>()
   readonly #lifetime: number
-  // The database clock at the last read; the next catch-up reads from a margin before it.
-  #readUntil: Date | null = null
+  // The oldest transaction still open at the last read: the next read starts there.
+  #readFromXid: string | null = null
 
   constructor (lifetime: number) {
     this.#lifetime = lifetime
@@ -39,12 +43,15 @@ export class UserVersions {
   }
 
   /** Applies a change; what is known never goes back (versions only rise, per user). */
-  apply (userId: string, version: number, logoutVersion: number, changedAt = Date.now()): void {
+  apply (userId: string, version: number, logoutVersion: number, logoutAt: number | null, changedAt = Date.now()): void {
+    // A logout older than one session lifetime concerns no live session. Ignoring
+    // it keeps a user who logged in since, and was stamped 0, logged in.
+    const logout = logoutAt !== null && logoutAt > Date.now() - this.#lifetime ? logoutVersion : 0
     const known = this.#versions.get(userId)
-    if (known !== undefined && known.version >= version && known.logoutVersion >= logoutVersion) return
+    if (known !== undefined && known.version >= version && known.logoutVersion >= logout) return
     this.#versions.set(userId, {
       version: Math.max(version, known?.version ?? 0),
-      logoutVersion: Math.max(logoutVersion, known?.logoutVersion ?? 0),
+      logoutVersion: Math.max(logout, known?.logoutVersion ?? 0),
       changedAt
     })
   }
@@ -57,28 +64,44 @@ export class UserVersions {
     } catch {
       return false
     }
-    const { u, v, l } = (change ?? {}) as { u?: unknown, v?: unknown, l?: unknown }
-    if (typeof u !== 'string' || !Number.isSafeInteger(v) || !Number.isSafeInteger(l)) return false
-    this.apply(u, v as number, l as number)
+    const { u, v, l, a } = (change ?? {}) as { u?: unknown, v?: unknown, l?: unknown, a?: unknown }
+    if (typeof u !== 'string' || !Number.isSafeInteger(v) || !Number.isSafeInteger(l) || !(a === null || Number.isSafeInteger(a))) {
+      return false
+    }
+    this.apply(u, v as number, l as number, a as number | null)
     return true
   }
 
   /**
    * Reads the rows changed since the last read (all rows within one lifetime the
-   * first time). A row is dated when it is written, not when its transaction
-   * commits, so the next read starts at the oldest transaction still open at
-   * this one, less a margin for transactions this role cannot see.
+   * first time). "Since" is by transaction, not by clock: every transaction still
+   * open at the last read, of any role and however long, is read again.
    */
-  async catchUp (sql: Sql): Promise<void> {
-    const since = this.#readUntil ?? new Date(Date.now() - this.#lifetime)
-    const [until] = await sql<{ at: Date }[]>`
-      select least(clock_timestamp(), min(xact_start)) - interval '5 seconds' as at
-      from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`
-    const rows = await sql<Row[]>`
-      select user_id, version::text, logout_version::text, extract(epoch from updated_at) * 1000 as changed_at
-      from session_user_versions where updated_at >= ${since}`
-    for (const row of rows) this.apply(row.user_id, Number(row.version), Number(row.logout_version), Number(row.changed_at))
-    this.#readUntil = until!.at
+  async readChanges (sql: Sql): Promise<void> {
+    const [snapshot] = await withTableCheck(sql<{ xmin: string }[]>`select pg_snapshot_xmin(pg_current_snapshot())::text as xmin`)
+    const rows = await withTableCheck(sql<Row[]>`
+      select ${sql.unsafe(ROW_COLUMNS)}, (extract(epoch from updated_at) * 1000)::text as changed_at
+      from session_user_versions
+      where updated_at > now() - ${this.#lifetime / 1000} * interval '1 second'
+        and (${this.#readFromXid}::xid8 is null or changed_xid >= ${this.#readFromXid}::xid8)`)
+    for (const row of rows) this.#applyRow(row)
+    this.#readFromXid = snapshot!.xmin
+  }
+
+  /** Runs session_refresh_user() or session_logout_user() and applies the change here at once. */
+  async change (sql: Sql, userId: string, logout: boolean): Promise<number> {
+    const [row] = await sql.begin(async (tx) => {
+      await (logout ? tx`select session_logout_user(${userId})` : tx`select session_refresh_user(${userId})`)
+      return tx<Row[]>`select ${tx.unsafe(ROW_COLUMNS)} from session_user_versions where user_id = ${userId}`
+    })
+    this.#applyRow(row!)
+    return Number(row!.version)
+  }
+
+  #applyRow (row: Row): void {
+    const logoutAt = row.logout_at === null ? null : Number(row.logout_at)
+    const changedAt = row.changed_at === undefined ? Date.now() : Number(row.changed_at)
+    this.apply(row.user_id, Number(row.version), Number(row.logout_version), logoutAt, changedAt)
   }
 
   /** Forgets changes older than one session lifetime. */

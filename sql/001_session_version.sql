@@ -44,15 +44,22 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS session_version_check ON system_settings;
-CREATE TRIGGER session_version_check
-  BEFORE INSERT OR UPDATE OF value ON system_settings
-  FOR EACH ROW EXECUTE FUNCTION session_version_check();
-
-DROP TRIGGER IF EXISTS session_version_notify ON system_settings;
-CREATE TRIGGER session_version_notify
-  AFTER INSERT OR UPDATE OF value ON system_settings
-  FOR EACH ROW EXECUTE FUNCTION session_version_notify();
+-- Created once: dropping and re-creating a trigger would wait for, and then
+-- block, every transaction on the table each time migrate runs.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'session_version_check' AND tgrelid = 'system_settings'::regclass) THEN
+    CREATE TRIGGER session_version_check
+      BEFORE INSERT OR UPDATE OF key, value ON system_settings
+      FOR EACH ROW EXECUTE FUNCTION session_version_check();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'session_version_notify' AND tgrelid = 'system_settings'::regclass) THEN
+    CREATE TRIGGER session_version_notify
+      AFTER INSERT OR UPDATE OF key, value ON system_settings
+      FOR EACH ROW EXECUTE FUNCTION session_version_notify();
+  END IF;
+END
+$$;
 
 INSERT INTO system_settings (key, value, description)
 VALUES ('session_version', '1', 'Version number incremented after each ETL run')

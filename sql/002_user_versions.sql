@@ -1,31 +1,43 @@
 -- Per-user versions: refresh or log out one user's sessions everywhere.
--- Call session_refresh_user(id) or session_logout_user(id) in any transaction,
--- or UPDATE the table directly; the trigger NOTIFYs a small payload (never user data).
+-- Call session_refresh_user(id) or session_logout_user(id) in any transaction, or
+-- UPDATE the table directly (SET version = version + 1, logout = true|false);
+-- the trigger NOTIFYs a small payload (never user data). Needs PostgreSQL 13+.
 
 CREATE TABLE IF NOT EXISTS session_user_versions (
   -- Text, so any id type fits; bounded so a NOTIFY payload stays far below 8000 bytes.
   user_id        TEXT PRIMARY KEY CHECK (length(user_id) BETWEEN 1 AND 200),
-  version        BIGINT NOT NULL DEFAULT 1 CHECK (version >= 0),
+  -- Only ever rises, so every instance can keep the highest one it has seen.
+  version        BIGINT NOT NULL DEFAULT 1 CHECK (version >= 1),
   -- Whether the latest change requires a new login.
   logout         BOOLEAN NOT NULL DEFAULT false,
-  -- Sessions stamped before this version must log in again. Kept by the trigger,
-  -- so a later refresh cannot undo an earlier logout.
+  -- Sessions stamped before this version must log in again, if the logout was
+  -- within one session lifetime. Kept by the trigger, so a later refresh cannot undo it.
   logout_version BIGINT NOT NULL DEFAULT 0,
-  updated_at     TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP
+  logout_at      TIMESTAMPTZ,
+  updated_at     TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  -- The writing transaction, so a catch-up can find every change committed since
+  -- its last read, whichever role made it and however long it ran.
+  changed_xid    XID8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX IF NOT EXISTS session_user_versions_updated_at ON session_user_versions (updated_at);
 
 CREATE OR REPLACE FUNCTION session_user_version_stamp() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+  IF TG_OP = 'UPDATE' AND NEW.version <= OLD.version THEN
+    RAISE EXCEPTION 'session_user_versions.version must rise, got % after %', NEW.version, OLD.version
+      USING ERRCODE = 'check_violation',
+            HINT = 'Use session_refresh_user(id) or session_logout_user(id), or SET version = version + 1, logout = true|false';
+  END IF;
   IF NEW.logout THEN
     NEW.logout_version := NEW.version;
+    NEW.logout_at := clock_timestamp();
   ELSIF TG_OP = 'UPDATE' THEN
-    NEW.logout_version := GREATEST(NEW.logout_version, OLD.logout_version);
+    NEW.logout_version := OLD.logout_version;
+    NEW.logout_at := OLD.logout_at;
   END IF;
-  -- clock_timestamp(), not the transaction's start: the catch-up after a reconnect
-  -- reads rows by updated_at, and a long transaction would otherwise date its rows too early.
   NEW.updated_at := clock_timestamp();
+  NEW.changed_xid := pg_current_xact_id();
   RETURN NEW;
 END
 $$;
@@ -33,21 +45,29 @@ $$;
 CREATE OR REPLACE FUNCTION session_user_version_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  PERFORM pg_notify('session_user_version',
-    json_build_object('u', NEW.user_id, 'v', NEW.version, 'l', NEW.logout_version)::text);
+  PERFORM pg_notify('session_user_version', json_build_object(
+    'u', NEW.user_id, 'v', NEW.version, 'l', NEW.logout_version,
+    'a', (extract(epoch from NEW.logout_at) * 1000)::bigint)::text);
   RETURN NULL;
 END
 $$;
 
-DROP TRIGGER IF EXISTS session_user_version_stamp ON session_user_versions;
-CREATE TRIGGER session_user_version_stamp
-  BEFORE INSERT OR UPDATE ON session_user_versions
-  FOR EACH ROW EXECUTE FUNCTION session_user_version_stamp();
-
-DROP TRIGGER IF EXISTS session_user_version_notify ON session_user_versions;
-CREATE TRIGGER session_user_version_notify
-  AFTER INSERT OR UPDATE ON session_user_versions
-  FOR EACH ROW EXECUTE FUNCTION session_user_version_notify();
+-- Created once: dropping and re-creating a trigger would wait for, and then
+-- block, every transaction on the table each time migrate runs.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'session_user_version_stamp' AND tgrelid = 'session_user_versions'::regclass) THEN
+    CREATE TRIGGER session_user_version_stamp
+      BEFORE INSERT OR UPDATE ON session_user_versions
+      FOR EACH ROW EXECUTE FUNCTION session_user_version_stamp();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'session_user_version_notify' AND tgrelid = 'session_user_versions'::regclass) THEN
+    CREATE TRIGGER session_user_version_notify
+      AFTER INSERT OR UPDATE ON session_user_versions
+      FOR EACH ROW EXECUTE FUNCTION session_user_version_notify();
+  END IF;
+END
+$$;
 
 -- The user's sessions are refreshed on their next request. Returns the user's new version.
 CREATE OR REPLACE FUNCTION session_refresh_user(p_user_id TEXT) RETURNS BIGINT

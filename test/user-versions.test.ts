@@ -1,9 +1,11 @@
+import postgres from 'postgres'
 import t from 'tap'
 import { bumpSessionVersion } from '../lib/index.js'
 import { API, PAGE, buildApp, login, type TestApp } from './helpers/app.js'
 import { terminateListeners } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { pgSessionStore } from './helpers/pg-store.js'
+import { readServerInfo } from './setup/server.js'
 
 const db = await createDatabase(t)
 
@@ -81,6 +83,9 @@ t.test('a password change logs the user out elsewhere and keeps the session that
     const version = await app.sessionRefresh.logoutUser(request.session.get('id')!, { keep: request })
     return { version }
   })
+  app.post('/admin/logout/:id', async (request) => {
+    return { version: await app.sessionRefresh.logoutUser((request.params as { id: string }).id, { keep: request }) }
+  })
   app.post('/admin/refresh/:id', async (request) => {
     return { version: await app.sessionRefresh.refreshUser((request.params as { id: string }).id) }
   })
@@ -94,15 +99,17 @@ t.test('a password change logs the user out elsewhere and keeps the session that
   t.equal((await app.inject({ url: '/me', headers: { cookie: here, ...API } })).statusCode, 200, 'the changing session stays in')
   t.equal((await app.inject({ url: '/me', headers: { cookie: elsewhere, ...API } })).statusCode, 401, 'the others are out')
 
-  // keep only protects a session of that same user
-  await app.inject({ method: 'POST', url: '/admin/refresh/999', headers: { cookie: other } })
-  const notMine = await app.inject({ method: 'POST', url: '/password', headers: { cookie: other, ...API } })
-  t.equal(notMine.statusCode, 200)
+  // keep only protects a session of that same user: an admin logging user 401 out stays in, and 401 is out.
+  const again = await login(app, 401)
+  t.equal((await app.inject({ method: 'POST', url: '/admin/logout/401', headers: { cookie: other, ...API } })).statusCode, 200)
+  t.equal((await app.inject({ url: '/me', headers: { cookie: other, ...API } })).statusCode, 200, 'the admin (402) stays in')
+  t.equal((await app.inject({ url: '/me', headers: { cookie: again, ...API } })).statusCode, 401, 'user 401 is out')
   t.same(refreshCalls, [], 'nobody was refreshed so far')
+  const here2 = await login(app, 401)
 
-  const refreshed = await app.inject({ method: 'POST', url: '/admin/refresh/401', headers: { cookie: here, ...API } })
+  const refreshed = await app.inject({ method: 'POST', url: '/admin/refresh/401', headers: { cookie: other, ...API } })
   t.equal(refreshed.json().version, await userVersion('401'))
-  await app.inject({ url: '/me', headers: { cookie: here, ...API } })
+  await app.inject({ url: '/me', headers: { cookie: here2, ...API } })
   t.same(refreshCalls, [401], 'refreshUser refreshed the user on the next request')
 })
 
@@ -146,7 +153,7 @@ t.test('10,000 per-user changes in one transaction stay under the payload limit 
   await eventually('all 10,001 changes', () => app.sessionRefresh.status().userVersions >= before + 10_001, 20_000)
   await eventually('the longest payload', () => payloads.length === 1)
   t.ok(Buffer.byteLength(payloads[0]!) < 300, `the largest payload is ${Buffer.byteLength(payloads[0]!)} bytes`)
-  t.rejects(db.sql`select session_refresh_user(${'y'.repeat(201)})`, /check/, 'a longer id is refused')
+  await t.rejects(db.sql`select session_refresh_user(${'y'.repeat(201)})`, /check/, 'a longer id is refused')
   await app.inject({ url: '/me', headers: { cookie, ...API } })
   t.same(refreshCalls, [9999], 'user 9999 was among them')
 })
@@ -182,4 +189,125 @@ t.test('keep re-stamps only the user version: a session stale for another reason
   t.equal(res.statusCode, 200, 'kept logged in')
   t.equal(res.json().sessionVersion, bumped)
   t.same(refreshCalls, [801], 'and refreshed for the bump')
+})
+
+t.test('a logout older than one session lifetime does not log out a later login', async (t) => {
+  // Two apps: one that tracked the logout, one started a lifetime later that never saw it.
+  const { app: early } = await buildApp(t, { url: db.url, plugin: { sessionLifetime: 400, pollInterval: 50 } })
+  await early.sessionRefresh.logoutUser(901)
+  await new Promise((resolve) => setTimeout(resolve, 450))
+  const { app, refreshCalls } = await buildApp(t, { url: db.url, plugin: { sessionLifetime: 400 } })
+  t.equal(app.sessionRefresh.status().userVersions, 0, 'the old logout is outside the lifetime')
+  const cookie = await login(app, 901) // stamped 0: no change known
+  await app.sessionRefresh.refreshUser(901)
+  const res = await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.equal(res.statusCode, 200, 'refreshed, not logged out')
+  t.same(refreshCalls, [901])
+})
+
+t.test('a forced logout holds on routes with sessionRefresh: false too', async (t) => {
+  const { app } = await buildApp(t, { url: db.url })
+  app.get('/open-but-mine', { config: { sessionRefresh: false, loginRequired: true } }, async () => 'mine')
+  const cookie = await login(app, 902)
+  const stale = await login(app, 903)
+  await app.sessionRefresh.logoutUser(902)
+  await bumpSessionVersion(db.sql)
+  t.equal((await app.inject({ url: '/open-but-mine', headers: { cookie, ...API } })).statusCode, 401)
+  t.equal((await app.inject({ url: '/open-but-mine', headers: { cookie: stale, ...API } })).statusCode, 200, 'but nothing is refreshed there')
+})
+
+t.test('a user stamp ahead of this instance makes it catch up, not refresh', async (t) => {
+  const store = pgSessionStore(t, db.url)
+  const behind = await buildApp(t, { url: db.url, sessionOptions: { store } })
+  await behind.app.sessionRefresh.refreshUser(904)
+  // A change this instance does not hear of (no NOTIFY), as if its notification were still on the way.
+  await db.sql.begin(async (tx) => {
+    await tx`alter table session_user_versions disable trigger session_user_version_notify`
+    await tx`select session_refresh_user('904')`
+    await tx`alter table session_user_versions enable trigger session_user_version_notify`
+  })
+  // An instance started now reads the change, and stamps a login with it.
+  const ahead = await buildApp(t, { url: db.url, sessionOptions: { store } })
+  const cookie = await login(ahead.app, 904)
+  const res = await behind.app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.equal(res.statusCode, 200)
+  t.same(behind.refreshCalls, [], 'the lagging instance caught up instead of refreshing')
+  await behind.app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.same(behind.refreshCalls, [], 'and stays caught up')
+})
+
+t.test('a refresh that moves the session to another user id stamps it with that user', async (t) => {
+  // 905 becomes 906, whose version this instance knows; 910 becomes 911, of whom it knows nothing.
+  const { app, refreshCalls } = await buildApp(t, { url: db.url, refresh: (s) => ({ id: s.get('id') === 905 ? 906 : 911 }) })
+  await app.sessionRefresh.refreshUser(906)
+  const known = await login(app, 905)
+  const unknown = await login(app, 910)
+  const bumped = await bumpSessionVersion(db.sql)
+  await eventually('the bump', () => app.sessionRefresh.version === bumped)
+  t.equal((await app.inject({ url: '/me', headers: { cookie: known, ...API } })).json().id, 906)
+  t.equal((await app.inject({ url: '/me', headers: { cookie: unknown, ...API } })).json().id, 911)
+  t.equal((await app.inject({ url: '/me', headers: { cookie: known, ...API } })).statusCode, 200)
+  t.equal((await app.inject({ url: '/me', headers: { cookie: unknown, ...API } })).statusCode, 200)
+  t.same(refreshCalls, [905, 910], 'once each: the new ids were stamped with their own user versions')
+})
+
+t.test('a session with no user stamp is refreshed once its user changes', async (t) => {
+  const { app, refreshCalls } = await buildApp(t, { url: db.url })
+  await app.sessionRefresh.refreshUser(912)
+  // Stamped with the global version only, as by a version of the plugin before per-user versions.
+  const cookie = await login(app, 912, { stamp: false, sessionVersion: app.sessionRefresh.version })
+  await app.inject({ url: '/me', headers: { cookie, ...API } })
+  await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.same(refreshCalls, [912])
+})
+
+t.test('when the catch-up for a session from a newer instance fails, the session is served as it is', async (t) => {
+  const own = await createDatabase(t)
+  const { app, refreshCalls, logs } = await buildApp(t, { url: own.url })
+  const cookie = await login(app, 913, { sessionVersion: app.sessionRefresh.version + 1 })
+  await own.sql`alter table system_settings rename to system_settings_away`
+  const res = await app.inject({ url: '/me', headers: { cookie, ...API } })
+  await own.sql`alter table system_settings_away rename to system_settings`
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().sessionVersion, app.sessionRefresh.version + 1, 'not stamped backwards')
+  t.same(refreshCalls, [])
+  t.ok(logs.some((l) => l.level === 50 && l.msg.startsWith('Could not re-read session_version')))
+})
+
+t.test('a per-user change committed by a long transaction while the listener is down is not lost', async (t) => {
+  const { app, refreshCalls } = await buildApp(t, { url: db.url, plugin: { pollInterval: 100 } })
+  const cookie = await login(app, 907)
+  const database = new URL(db.url).pathname.slice(1)
+  const admin = postgres((await readServerInfo()).url, { max: 1, onnotice: () => {} })
+  t.teardown(async () => {
+    await admin.unsafe(`alter database ${database} allow_connections true`)
+    await admin.end()
+  })
+  const etl = await db.sql.reserve()
+  t.teardown(() => etl.release())
+  await etl`begin`
+  await etl`select session_refresh_user('907')` // dated now, committed much later
+  // Polls run meanwhile; a clock-based catch-up would move past this row's date.
+  await new Promise((resolve) => setTimeout(resolve, 6000))
+  await admin.unsafe(`alter database ${database} allow_connections false`)
+  const terminated = await admin`
+    select pg_terminate_backend(pid) from pg_stat_activity
+    where application_name = 'fastify-session-refresh' and datname = ${database} and query ilike 'listen%'`
+  t.equal(terminated.length, 1, 'the listener is down and cannot come back yet')
+  await etl`commit` // its NOTIFY reaches nobody
+  const before = app.sessionRefresh.status().userVersions
+  await eventually('a poll to find the change', () => app.sessionRefresh.status().userVersions > before)
+  await admin.unsafe(`alter database ${database} allow_connections true`)
+  await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.same(refreshCalls, [907])
+})
+
+t.test('a refresh that never settles fails after refreshTimeout', async (t) => {
+  const { app, logs } = await buildApp(t, { url: db.url, plugin: { refreshTimeout: 100 }, refresh: () => new Promise(() => {}) })
+  const cookie = await login(app, 908)
+  await app.sessionRefresh.refreshUser(908)
+  const res = await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.equal(res.statusCode, 401)
+  t.match(res.json(), { reason: 'refresh-error' })
+  t.match(logs.find((l) => l.level === 50), { err: { code: 'FST_SESSION_REFRESH_TIMEOUT', message: 'refresh() did not settle within 100 ms' } })
 })

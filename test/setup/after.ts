@@ -1,3 +1,3 @@
-import { readServerInfo, stopServer } from './server.js'
+import { runServerCommand } from './run-server-command.js'
 
-await stopServer(await readServerInfo())
+runServerCommand('stop')

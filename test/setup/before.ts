@@ -1,5 +1,3 @@
-import { startServer } from './server.js'
+import { runServerCommand } from './run-server-command.js'
 
-const started = Date.now()
-const info = await startServer()
-console.log(`# test database: ${info.kind} (${Date.now() - started} ms)`)
+runServerCommand('start')

@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initCluster, startCluster, stopCluster } from '../../examples/embedded-postgres.js'
 
-// One file per tap run: the before script and the test files are all children of
-// the same tap process, so concurrent runs on one machine never share a server.
-export const STATE_FILE = join(tmpdir(), `fastify-session-refresh-test-db-${process.ppid}.json`)
+import { STATE_FILE } from './state-file.js'
+
+export { STATE_FILE }
 
 export type ServerInfo =
   | { kind: 'env', url: string }
