@@ -145,9 +145,9 @@ export class VersionListener {
     this.listening = true
   }
 
-  /** Re-reads the version now, sharing a read already in flight. Resolves false if the read failed. */
+  /** Re-reads the version (and per-user changes) now. Resolves false if the read failed. */
   catchUp (): Promise<boolean> {
-    return this.#sync()
+    return this.#freshSync()
   }
 
   status (): ListenerStatus {
@@ -203,12 +203,19 @@ export class VersionListener {
     this.#reconnects++
     const generation = ++this.#generation
     this.#options.log.info({ reconnects: this.#reconnects }, 'session_version listener reconnected, catching up')
-    // A read already in flight may have started before the connection was lost,
-    // so the catch-up is a read of its own, after that one.
-    const inFlight = this.#syncing ?? Promise.resolve(true)
-    void inFlight.then(() => this.#sync()).then((synced) => {
+    void this.#freshSync().then((synced) => {
       this.listening = synced && generation === this.#generation && !this.#closed
     })
+  }
+
+  /**
+   * A read that starts after this call. A read already in flight may have begun
+   * before what the caller knows of (a lost connection, a newer stamp), so it
+   * is waited for, and the next one is shared by everyone who asks meanwhile.
+   */
+  #freshSync (): Promise<boolean> {
+    const inFlight = this.#syncing ?? Promise.resolve(true)
+    return inFlight.then(() => this.#sync())
   }
 
   /** Re-reads the version and says whether that worked; never rejects. Concurrent callers share one read. */

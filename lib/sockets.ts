@@ -40,7 +40,6 @@ export class TrackedSockets {
     return socket
   }
 
-
   destroyAll (): void {
     for (const socket of this.#open) socket.destroy()
   }
