@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
-import net from 'node:net'
 import type { Sql } from 'postgres'
 import t, { type Test } from 'tap'
 import { describeError, EXIT_FAILED, EXIT_OK, EXIT_USAGE, HELP, main, processIo } from '../lib/cli.js'
@@ -10,6 +9,7 @@ import { APPLICATION_NAME } from '../lib/listener.js'
 import { buildApp } from './helpers/app.js'
 import { captureIo, runCli, startCli, waitForOutput, type CliResult } from './helpers/cli.js'
 import { createDatabase, eventually } from './helpers/database.js'
+import { freePort } from './helpers/free-port.js'
 
 /** One line on stderr, nothing that looks like a stack frame. */
 function assertOneLineError (t: Test, result: { stderr: string }, pattern: RegExp): void {
@@ -23,14 +23,6 @@ async function sqlFiles (): Promise<string[]> {
   return (await readdir(new URL('../sql/', import.meta.url))).filter((name) => name.endsWith('.sql')).sort()
 }
 
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo
-      probe.close(() => resolve(port))
-    }).on('error', reject)
-  })
-}
 
 /** Ends the backends of `applicationName` on `sql`'s database that LISTEN; returns how many. */
 async function terminateListeners (sql: Sql, applicationName: string): Promise<number> {

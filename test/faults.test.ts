@@ -1,11 +1,11 @@
 import postgres from 'postgres'
 import t from 'tap'
 import { bumpSessionVersion, readSessionVersion } from '../lib/index.js'
-import { UserVersions } from '../lib/user-versions.js'
 import { VersionListener } from '../lib/listener.js'
 import { API, buildApp, login, testLogger, type TestApp } from './helpers/app.js'
 import { terminateListeners } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
+import { listenerOptions } from './helpers/listener.js'
 import { pgSessionStore } from './helpers/pg-store.js'
 import { FaultyProxy } from './helpers/proxy.js'
 
@@ -51,14 +51,7 @@ t.test('catch-up race: a notification during an in-flight re-read is not overwri
   let release = (): void => {}
   const held = new Promise<void>((resolve) => { readHeld = resolve })
   const gate = new Promise<void>((resolve) => { release = resolve })
-  const listener = new VersionListener({
-    connection: db.url,
-    connectTimeout: 5000,
-    heartbeatInterval: 60_000,
-    heartbeatTimeout: 5000,
-    pollInterval: 60_000,
-    log: testLogger().log,
-    users: new UserVersions(86_400_000),
+  const listener = new VersionListener(listenerOptions(db.url, {
     read: async (sql) => {
       const version = await readSessionVersion(sql)
       if (holdNextRead) {
@@ -68,7 +61,7 @@ t.test('catch-up race: a notification during an in-flight re-read is not overwri
       }
       return version
     }
-  })
+  }))
   t.teardown(() => listener.close())
   await listener.start()
   const old = listener.version
@@ -179,19 +172,14 @@ t.test('storm: 500 stale sessions at once, refreshed exactly once each, never mo
 t.test('a failing re-read is logged and the listener keeps going', async (t) => {
   let failReads = false
   const { log, logs } = testLogger()
-  const listener = new VersionListener({
-    connection: db.url,
-    connectTimeout: 5000,
-    heartbeatInterval: 60_000,
-    heartbeatTimeout: 5000,
+  const listener = new VersionListener(listenerOptions(db.url, {
     pollInterval: 20,
     log,
-    users: new UserVersions(86_400_000),
     read: async (sql) => {
       if (failReads) throw new Error('read exploded')
       return readSessionVersion(sql)
     }
-  })
+  }))
   t.teardown(() => listener.close())
   await listener.start()
   failReads = true

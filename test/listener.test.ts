@@ -2,27 +2,14 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { bumpSessionVersion, readSessionVersion } from '../lib/index.js'
-import { UserVersions } from '../lib/user-versions.js'
-import { VersionListener, type ListenerOptions } from '../lib/listener.js'
-import { API, buildApp, login, testLogger } from './helpers/app.js'
+import { VersionListener } from '../lib/listener.js'
+import { API, buildApp, login } from './helpers/app.js'
 import { childEnv } from './helpers/child-env.js'
 import { createDatabase, eventually } from './helpers/database.js'
+import { listenerOptions } from './helpers/listener.js'
 import { FaultyProxy } from './helpers/proxy.js'
 
 const db = await createDatabase(t)
-
-function listenerOptions (overrides: Partial<ListenerOptions> = {}): ListenerOptions {
-  return {
-    connection: db.url,
-    connectTimeout: 5000,
-    heartbeatInterval: 60_000,
-    heartbeatTimeout: 5000,
-    pollInterval: 60_000,
-    log: testLogger().log,
-    users: new UserVersions(86_400_000),
-    ...overrides
-  }
-}
 
 t.test('a plain UPDATE from another connection reaches the app, and status says so', async (t) => {
   const { app } = await buildApp(t, { url: db.url })
@@ -56,7 +43,7 @@ t.test('a rolled-back bump and a malformed value change nothing, and the app kee
 t.test('a bump between LISTEN and the first read is not missed', async (t) => {
   let listener: VersionListener | undefined
   let bumped = 0
-  listener = new VersionListener(listenerOptions({
+  listener = new VersionListener(listenerOptions(db.url, {
     // The read sees the old value, and the bump commits while it is in flight.
     read: async (sql) => {
       const old = await readSessionVersion(sql)
@@ -85,14 +72,12 @@ t.test('a notification that is not a version is logged and ignored', async (t) =
 t.test('postgres.js options work as the connection', async (t) => {
   const url = new URL(db.url)
   const listener = new VersionListener(listenerOptions({
-    connection: {
-      host: url.hostname,
-      port: Number(url.port),
-      user: decodeURIComponent(url.username),
-      password: decodeURIComponent(url.password),
-      database: url.pathname.slice(1),
-      connection: { search_path: 'public' }
-    }
+    host: url.hostname,
+    port: Number(url.port),
+    user: decodeURIComponent(url.username),
+    password: decodeURIComponent(url.password),
+    database: url.pathname.slice(1),
+    connection: { search_path: 'public' }
   }))
   t.teardown(() => listener.close())
   await listener.start()
@@ -102,21 +87,21 @@ t.test('postgres.js options work as the connection', async (t) => {
 t.test('registration fails with a coded error, and never hangs', async (t) => {
   const unavailable = { code: 'FST_SESSION_REFRESH_DATABASE_UNAVAILABLE' }
 
-  const refused = new VersionListener(listenerOptions({ connection: 'postgres://postgres@127.0.0.1:1/none' }))
+  const refused = new VersionListener(listenerOptions('postgres://postgres@127.0.0.1:1/none'))
   await t.rejects(refused.start(), { ...unavailable, message: /within 5000 ms: .*ECONNREFUSED/ }, 'nothing listens on the port')
 
-  const noSocket = new VersionListener(listenerOptions({ connection: { path: '/nonexistent/.s.PGSQL.5432', database: 'x' } }))
+  const noSocket = new VersionListener(listenerOptions({ path: '/nonexistent/.s.PGSQL.5432', database: 'x' }))
   await t.rejects(noSocket.start(), { ...unavailable, message: /ENOENT/ }, 'a unix socket that is not there')
 
   const proxy = await FaultyProxy.start(db.url)
   t.teardown(() => proxy.close())
   proxy.swallow = true
-  const swallowed = new VersionListener(listenerOptions({ connection: proxy.url(db.url), connectTimeout: 300 }))
+  const swallowed = new VersionListener(listenerOptions(proxy.url(db.url), { connectTimeout: 300 }))
   await t.rejects(swallowed.start(), { ...unavailable, message: 'fastify-session-refresh could not listen for session_version changes within 300 ms: timed out' },
     'a server that accepts the connection and never answers')
 
   const bare = await createDatabase(t, { migrated: false })
-  const unmigrated = new VersionListener(listenerOptions({ connection: bare.url }))
+  const unmigrated = new VersionListener(listenerOptions(bare.url))
   await t.rejects(unmigrated.start(), { code: 'FST_SESSION_REFRESH_NOT_MIGRATED' }, 'the table is missing')
 })
 

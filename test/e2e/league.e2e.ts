@@ -6,13 +6,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises'
-import net from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import postgres from 'postgres'
 import { databaseUrl } from '../helpers/database.js'
 import { startServer, stopServer, type ServerInfo } from '../setup/server.js'
+import { freePort } from '../helpers/free-port.js'
 
 const run = promisify(execFile)
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
@@ -223,13 +223,4 @@ async function waitForVersion (origin: string, version: number): Promise<void> {
     if (Date.now() > until) throw new Error(`${origin} still has version ${status.version}, not ${version}`)
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-}
-
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo
-      probe.close(() => resolve(port))
-    }).on('error', reject)
-  })
 }

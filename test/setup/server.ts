@@ -3,11 +3,10 @@
 // tap's `before` script starts it and writes where it is to STATE_FILE; test
 // files read that file, and tap's `after` script stops what was started.
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initCluster, startCluster, stopCluster } from '../../examples/embedded-postgres.js'
-
+import { freePort } from '../helpers/free-port.js'
 import { STATE_FILE } from './state-file.js'
 
 export { STATE_FILE }
@@ -77,13 +76,4 @@ async function startEmbedded (): Promise<ServerInfo> {
   ])
   await startCluster(dataDir)
   return { kind: 'embedded', url, dataDir }
-}
-
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo
-      probe.close(() => resolve(port))
-    }).on('error', reject)
-  })
 }
