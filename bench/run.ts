@@ -11,29 +11,31 @@
 // PostgreSQL is started and stopped), BENCH_CPU_PROF=<dir> to run the app
 // servers with `node --cpu-prof`.
 import { randomBytes } from 'node:crypto'
-import { readFile, rm, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import autocannon from 'autocannon'
 import postgres, { type Sql } from 'postgres'
 import { bumpSessionVersion, migrate } from '../lib/index.js'
-import { startServer, stopServer, STATE_FILE, type ServerInfo } from '../test/setup/server.js'
+import { startServer, stopServer, type ServerInfo } from '../test/setup/server.js'
 import { forkChild, type Child, type ChildEvent } from './child.js'
 import { Client, eachLimited, median, percentile } from './http.js'
 import { MAX_CONCURRENT_REFRESHES, POOL_SIZE, SERVER_KINDS, type Counters, type ServerKind } from './server-kinds.js'
 
 const quick = process.argv.includes('--quick')
 // `--only=storm,memory` runs some sections, for profiling; it prints the table but leaves RESULTS.md alone.
-const SECTIONS = ['throughput', 'propagation', 'storm', 'memory'] as const
+const SECTIONS = ['throughput', 'invalidation', 'propagation', 'storm', 'memory'] as const
 const onlyArg = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
 for (const name of onlyArg ?? []) if (!(SECTIONS as readonly string[]).includes(name)) throw new Error(`--only: unknown section ${name}; known: ${SECTIONS.join(', ')}`)
 const runs = (section: typeof SECTIONS[number]): boolean => onlyArg === undefined || onlyArg.includes(section)
 const config = quick
-  ? { rounds: 2, seconds: 1.5, warmupSeconds: 0.5, connections: 32, bumps: 30, sizes: [1, 4, 16, 64], storm: 1_500, memory: 4_000 }
-  : { rounds: 8, seconds: 4, warmupSeconds: 2, connections: 32, bumps: 200, sizes: [1, 4, 16, 64], storm: 5_000, memory: 100_000 }
+  ? { rounds: 2, seconds: 1.5, warmupSeconds: 0.5, connections: 32, bumps: 30, sizes: [1, 4, 16, 64], storm: 1_500, memory: 4_000, invalidation: { users: 1_000, seconds: 1, warmupSeconds: 0 } }
+  : { rounds: 8, seconds: 4, warmupSeconds: 2, connections: 32, bumps: 200, sizes: [1, 4, 16, 64], storm: 5_000, memory: 100_000, invalidation: { users: 1_000, seconds: 4, warmupSeconds: 2 } }
 const STORM_CONCURRENCY = 200
 const FRESH_SESSIONS = 100
 const FRESH_CONCURRENCY = 8
-const USERS = Math.max(config.storm + FRESH_SESSIONS, config.memory) + 10
+/** The invalidation run: the share of its users invalidated each second. */
+const INVALIDATED_PER_SECOND = 0.01
+const USERS = Math.max(config.storm + FRESH_SESSIONS, config.memory, config.invalidation.users) + 10
 
 const SERVER_FILE = new URL('./server.ts', import.meta.url)
 const WORKER_FILE = new URL('./propagation-worker.ts', import.meta.url)
@@ -90,7 +92,11 @@ async function createDatabase (server: ServerInfo): Promise<Database> {
   return { url, sql, name, postgresVersion: info!.version, maxConnections: Number(info!.max) }
 }
 
+/** Databases created besides the main one, dropped by whoever made them or, on an interrupt, by the cleanup. */
+const extraDatabases = new Set<Database>()
+
 async function dropDatabase (server: ServerInfo, db: Database): Promise<void> {
+  extraDatabases.delete(db)
   await db.sql.end({ timeout: 1 })
   const admin = postgres(server.url, { max: 1, onnotice: () => {} })
   try {
@@ -183,7 +189,193 @@ async function measureThroughput (db: Database): Promise<ServerFigures[]> {
   }
 }
 
-// ---------------------------------------------------------------- 2. propagation
+// ---------------------------------------------------------------- 2. per-user invalidation
+
+// Two B servers, each on its own database so that only one of them ever hears a
+// per-user change: "without" keeps an empty user map, as an app that never calls
+// session_refresh_user does; "with" gets 1% of its users invalidated per second.
+// Both get the same load: N sessions, one per user, round-robin over 32 connections.
+interface InvalidationRound {
+  rps: number, freshRps: number, p50: number, p99: number, freshP50: number, freshP99: number, requests: number,
+  invalidated: number, refreshCalls: number, seconds: number, cpuPerRequest: number
+}
+interface InvalidationSide {
+  rounds: InvalidationRound[], rps: number, freshRps: number, p50: number, p99: number, freshP50: number, freshP99: number, cpuPerRequest: number,
+  invalidated: number, refreshCalls: number, requests: number, seconds: number
+}
+interface Invalidation {
+  users: number, perSecond: number, without: InvalidationSide, with: InvalidationSide,
+  /** Over the whole section, warm-up included, after one last request from every session. */
+  totalInvalidated: number, distinctInvalidated: number, totalRefreshCalls: number, pluginRefreshes: number,
+  userVersions: number, userVersionsWithout: number, refreshCallsWithout: number
+}
+
+async function measureInvalidation (db: Database, server: ServerInfo): Promise<Invalidation> {
+  const { users, seconds: roundSeconds, warmupSeconds } = config.invalidation
+  const perSecond = users * INVALIDATED_PER_SECOND
+  const ids = Array.from({ length: users }, (_, i) => i + 1)
+  // The order users are invalidated in: shuffled, once through before any repeats.
+  const order = [...ids]
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!]
+  }
+  let nextVictim = 0
+  let totalInvalidated = 0
+  const distinct = new Set<number>()
+  const other = await createDatabase(server)
+  extraDatabases.add(other)
+  const sides = new Map<'without' | 'with', { child: Child, port: number, cookies: string[], db: Database }>()
+  try {
+    await Promise.all(([['without', db], ['with', other]] as const).map(async ([side, sideDb]) => {
+      const { child, port } = await startAppServer('B', sideDb.url)
+      sides.set(side, { child, port, cookies: [], db: sideDb })
+      const client = new Client(port, 32)
+      const cookies = await eachLimited(ids, 32, (id) => client.login(id))
+      // One request from each session: the JIT's first look at the route, before any warm-up.
+      await eachLimited(cookies, 32, (cookie) => client.request('GET', '/hello', cookie))
+      client.close()
+      await child.call('warmPool')
+      sides.get(side)!.cookies = cookies
+    }))
+    const run = async (side: 'without' | 'with', seconds: number): Promise<InvalidationRound> => {
+      const { child, port, cookies } = sides.get(side)!
+      const before = await child.call<Counters>('counters')
+      // Per request: which session sent it and how long it took (the load generator's own count).
+      const sentBy: number[] = []
+      const latencies: number[] = []
+      let next = 0
+      const invalidatedNow = new Set<number>()
+      let loadOver = false
+      const load = new Promise<autocannon.Result>((resolve, reject) => {
+        const instance = autocannon({
+          url: `http://127.0.0.1:${port}/hello`,
+          connections: config.connections,
+          duration: seconds,
+          headers: { accept: 'application/json' },
+          requests: [{
+            setupRequest: (request, context) => {
+              const index = next++ % users
+              ;(context as { index?: number }).index = index
+              return { ...request, headers: { ...request.headers, cookie: cookies[index]! } }
+            }
+          }]
+        }, (err, result) => { if (err) reject(err as Error); else resolve(result) })
+        instance.on('response', (client, _status, _bytes, ms) => {
+          // autocannon builds the next request only after this event, so the context is still this request's.
+          sentBy.push((client as unknown as { requestIterator: { context: { index: number } } }).requestIterator.context.index)
+          latencies.push(ms)
+        })
+      })
+      // The invalidator: `perSecond` users a second, spread evenly, each with its own
+      // session_refresh_user call (its own transaction and notification), until the load ends.
+      const invalidator = side === 'without'
+        ? Promise.resolve()
+        : (async () => {
+            const t0 = performance.now()
+            // autocannon ends its run at the first whole-second tick past `seconds`.
+            const max = Math.ceil(Math.ceil(seconds) * perSecond)
+            for (let i = 0; i < max && !loadOver; i++) {
+              const due = t0 + (i * 1000) / perSecond
+              const wait = due - performance.now()
+              if (wait > 0) await sleep(wait)
+              if (loadOver) break
+              const id = order[nextVictim++ % order.length]!
+              await other.sql`select session_refresh_user(${String(id)})`
+              invalidatedNow.add(id - 1)
+              distinct.add(id)
+              totalInvalidated++
+            }
+          })()
+      const result = await load.finally(() => { loadOver = true })
+      await invalidator
+      const after = await child.call<Counters>('counters')
+      if (result.errors > 0 || result.non2xx > 0) {
+        throw new Error(`invalidation ${side}: ${result.errors} errors, ${result.non2xx} non-2xx responses (by status: ${JSON.stringify(result.statusCodeStats)})`)
+      }
+      const requests = result.requests.total
+      const refreshCalls = after.refreshCalls - before.refreshCalls
+      // Fresh: requests from sessions whose user was not invalidated during this round.
+      const fresh = latencies.filter((_, i) => !invalidatedNow.has(sentBy[i]!))
+      return {
+        rps: requests / result.duration,
+        // Every request but those that ran a refresh (one per invalidated user at most).
+        freshRps: (requests - refreshCalls) / result.duration,
+        p50: percentile(latencies, 50),
+        p99: percentile(latencies, 99),
+        freshP50: percentile(fresh, 50),
+        freshP99: percentile(fresh, 99),
+        requests,
+        invalidated: invalidatedNow.size,
+        refreshCalls,
+        seconds: result.duration,
+        cpuPerRequest: (after.cpuMicros - before.cpuMicros) / requests
+      }
+    }
+    log(`invalidation: ${users} sessions each on two B servers, ${perSecond} users/s invalidated on one; warming up (${warmupSeconds} s each)`)
+    if (warmupSeconds > 0) {
+      await run('without', warmupSeconds)
+      await run('with', warmupSeconds)
+    }
+    const rounds = { without: [] as InvalidationRound[], with: [] as InvalidationRound[] }
+    for (let round = 1; round <= config.rounds; round++) {
+      const order = round % 2 === 1 ? (['without', 'with'] as const) : (['with', 'without'] as const)
+      for (const side of order) {
+        const figures = await run(side, roundSeconds)
+        rounds[side].push(figures)
+        log(`invalidation round ${round}/${config.rounds} ${side}: ${Math.round(figures.rps)} req/s, p99 ${figures.p99.toFixed(1)} ms, ${figures.cpuPerRequest.toFixed(0)} µs CPU, ` +
+          `${figures.invalidated} invalidated, ${figures.refreshCalls} refreshes`)
+      }
+    }
+    // One last request from every session of "with", so that every invalidation has been
+    // seen by a request: then refresh calls must equal invalidations exactly.
+    await sleep(200)
+    const { child, port, cookies } = sides.get('with')!
+    const client = new Client(port, 32)
+    await eachLimited(cookies, 32, async (cookie) => {
+      const response = await client.request('GET', '/hello', cookie)
+      if (response.status !== 200) throw new Error(`invalidation drain: ${response.status} ${response.body}`)
+    })
+    client.close()
+    const final = await child.call<Counters>('counters')
+    const finalWithout = await sides.get('without')!.child.call<Counters>('counters')
+    const summary = (list: InvalidationRound[]): InvalidationSide => {
+      const sum = (pick: (r: InvalidationRound) => number): number => list.reduce((total, r) => total + pick(r), 0)
+      return {
+        rounds: list,
+        rps: median(list.map((r) => r.rps)),
+        freshRps: median(list.map((r) => r.freshRps)),
+        p50: median(list.map((r) => r.p50)),
+        p99: median(list.map((r) => r.p99)),
+        freshP50: median(list.map((r) => r.freshP50)),
+        freshP99: median(list.map((r) => r.freshP99)),
+        cpuPerRequest: median(list.map((r) => r.cpuPerRequest)),
+        invalidated: sum((r) => r.invalidated),
+        refreshCalls: sum((r) => r.refreshCalls),
+        requests: sum((r) => r.requests),
+        seconds: sum((r) => r.seconds)
+      }
+    }
+    return {
+      users,
+      perSecond,
+      without: summary(rounds.without),
+      with: summary(rounds.with),
+      totalInvalidated,
+      distinctInvalidated: distinct.size,
+      totalRefreshCalls: final.refreshCalls,
+      pluginRefreshes: final.pluginRefreshes!,
+      userVersions: final.userVersions!,
+      userVersionsWithout: finalWithout.userVersions!,
+      refreshCallsWithout: finalWithout.refreshCalls
+    }
+  } finally {
+    for (const { child } of sides.values()) await stop(child)
+    await dropDatabase(server, other).catch((err: unknown) => log(`could not drop ${other.name}: ${String(err)}`))
+  }
+}
+
+// ---------------------------------------------------------------- 3. propagation
 
 interface Propagation { mode: 'bare' | 'plugin', instances: number, bumps: number, p50: number, p99: number, max: number, beforeCommitReturned: number }
 
@@ -261,7 +453,7 @@ async function propagateWith (db: Database, instances: number, mode: 'bare' | 'p
   }
 }
 
-// ---------------------------------------------------------------- 3. refresh storm
+// ---------------------------------------------------------------- 4. refresh storm
 
 interface Storm {
   sessions: number, ms: number, refreshCalls: number, pluginRefreshes: number, peak: number, refreshMeanMs: number, refreshMaxMs: number,
@@ -338,7 +530,7 @@ async function measureStorm (db: Database): Promise<Storm> {
   }
 }
 
-// ---------------------------------------------------------------- 4. memory
+// ---------------------------------------------------------------- 5. memory
 
 interface Memory { kind: ServerKind, sessions: number, start: number, after: number, cleared: number, refreshCalls: number, inFlight: number }
 
@@ -384,7 +576,7 @@ async function measureMemory (db: Database, kind: ServerKind): Promise<Memory> {
 
 interface Results {
   date: string, node: string, postgres: string, cpus: number, cpuModel: string, databaseKind: string, loadBefore: number[], loadAfter: number[],
-  throughput: ServerFigures[], propagation: Propagation[], skipped: string[], storm: Storm | null, memory: Memory[], seconds: number
+  throughput: ServerFigures[], invalidation: Invalidation | null, propagation: Propagation[], skipped: string[], storm: Storm | null, memory: Memory[], seconds: number
 }
 
 const mb = (bytes: number): string => (bytes / 1024 / 1024).toFixed(1)
@@ -425,6 +617,31 @@ function rows (r: Results): Row[] {
       add(`B/${other} throughput: ratio of medians (median of per-round ratios)`, `${ofMedians.toFixed(digits)} (${paired.toFixed(digits)})`,
         `≥ ${target}`, yes(ofMedians >= target))
     }
+  }
+  const inv = r.invalidation
+  if (inv) {
+    for (const side of ['without', 'with'] as const) {
+      const f = inv[side]
+      const label = side === 'without' ? 'invalidation, none' : `invalidation, ${inv.perSecond} of ${inv.users} users/s`
+      add(`${label}: fresh sessions' req/s (median of ${f.rounds.length}); all requests`, `${Math.round(f.freshRps)}; ${Math.round(f.rps)}`)
+      add(`${label}: fresh sessions' latency p50 / p99 ms; all requests`, `${ms2(f.freshP50)} / ${ms2(f.freshP99)}; ${ms2(f.p50)} / ${ms2(f.p99)}`)
+      add(`${label}: app server CPU per request, µs (median)`, f.cpuPerRequest.toFixed(1))
+    }
+    const paired = median(inv.with.rounds.map((round, i) => round.freshRps / inv.without.rounds[i]!.freshRps))
+    const ratio = inv.with.freshRps / inv.without.freshRps
+    // Judged on the paired ratio: the two runs of a round are seconds apart, while the
+    // machine's other load can halve throughput between the first rounds and the last.
+    add('invalidation: fresh sessions\' throughput with / without: median of per-round ratios (ratio of medians)',
+      `${paired.toFixed(3)} (${ratio.toFixed(3)})`, '≥ 0.97', yes(paired >= 0.97))
+    add('invalidation: app server CPU per request with / without', (inv.with.cpuPerRequest / inv.without.cpuPerRequest).toFixed(3))
+    add('invalidation: users invalidated / refresh calls in the measured windows',
+      `${inv.with.invalidated} / ${inv.with.refreshCalls} over ${inv.with.seconds.toFixed(0)} s (${(inv.with.invalidated / inv.with.seconds).toFixed(1)}/s)`)
+    const exact = inv.totalRefreshCalls === inv.totalInvalidated && inv.pluginRefreshes === inv.totalInvalidated
+    add('invalidation: refresh calls (counted in refresh; plugin status) after one last request per session',
+      `${inv.totalRefreshCalls}; ${inv.pluginRefreshes}`, `= ${inv.totalInvalidated} invalidations`, yes(exact))
+    add('invalidation: user map size (status().userVersions) with; without',
+      `${inv.userVersions}; ${inv.userVersionsWithout}`, `= ${inv.distinctInvalidated}; 0`,
+      yes(inv.userVersions === inv.distinctInvalidated && inv.userVersionsWithout === 0 && inv.refreshCallsWithout === 0))
   }
   for (const p of r.propagation) {
     const target = p.mode === 'plugin' && p.instances === 16 ? 3 : p.mode === 'plugin' && p.instances === 64 ? 5 : null
@@ -502,7 +719,17 @@ Generated by \`npm run bench${quick ? ':quick' : ''}\`${quick ? ' (**quick run: 
   ${config.rounds} rounds of ${config.seconds} s alternating A B C D and D C B A after a ${config.warmupSeconds} s warm-up each; medians reported.
 - DB queries: C and D count in their hooks; B counts every query its plugin's two connections send
   (the postgres.js \`debug\` callback on the plugin's \`connection\` options), so a per-request query would show up.
-- Propagation: N listeners in one worker process; a separate process bumps with \`UPDATE\` (autocommit) and
+${r.invalidation ? `- Per-user invalidation: two B servers, each on its own database, each with ${r.invalidation.users} sessions (one per user)
+  requested round-robin on \`GET /hello\` by autocannon (${config.connections} connections), ${config.rounds} rounds of ${config.invalidation.seconds} s
+  alternating the two after one request per session and a ${config.invalidation.warmupSeconds} s warm-up each. On one, the load generator calls
+  \`SELECT session_refresh_user(id)\` for ${r.invalidation.perSecond} users a second (1%), spread evenly, one transaction each,
+  only while that server is under load; the other never hears a per-user change, so its user map stays empty.
+  "Fresh sessions' req/s" counts every request but those that ran a refresh (one per invalidated user);
+  their latencies are those of users not invalidated in that round. The target is judged on the median of
+  the per-round ratios (the two runs of a round are seconds apart), since other load on the machine can move
+  throughput by half between the first rounds and the last, which the ratio of medians does not survive. Each invalidated user's session is requested
+  again within about ${Math.round(r.invalidation.users / ((r.invalidation.with.requests - r.invalidation.with.refreshCalls) / r.invalidation.with.seconds) * 1000)} ms, so it refreshes once.
+` : ''}- Propagation: N listeners in one worker process; a separate process bumps with \`UPDATE\` (autocommit) and
   measures from the moment its COMMIT returns until the worker reports that every listener holds the new version
   (the plugin's "Session version is now" log line, then a check of every \`.version\`), on a shared monotonic clock.
   "bare" is N plain postgres.js \`sql.listen\` connections, the floor.
@@ -528,7 +755,14 @@ To see where time goes, run \`BENCH_CPU_PROF=<dir> npm run bench -- --only=throu
 |---|${r.throughput[0]!.rounds.map(() => '---').join('|')}|
 ${rounds}
 
-## Propagation, all runs
+${r.invalidation ? `## Per-user invalidation by round (fresh sessions' req/s)
+
+| Server | ${r.invalidation.with.rounds.map((_, i) => `round ${i + 1}`).join(' | ')} |
+|---|${r.invalidation.with.rounds.map(() => '---').join('|')}|
+${(['without', 'with'] as const).map((side) => `| ${side} | ${r.invalidation![side].rounds.map((x) =>
+  `${Math.round(x.freshRps)} (p99 ${ms2(x.freshP99)} ms, ${x.cpuPerRequest.toFixed(0)} µs CPU${side === 'with' ? `, ${x.invalidated} inv., ${x.refreshCalls} ref.` : ''})`).join(' | ')} |`).join('\n')}
+
+` : ''}## Propagation, all runs
 
 | Listeners | Kind | Bumps | p50 ms | p99 ms | max ms | all held before the bumper saw its COMMIT return |
 |---|---|---|---|---|---|---|
@@ -539,26 +773,18 @@ ${r.propagation.map((p) => `| ${p.instances} | ${p.mode} | ${p.bumps} | ${ms2(p.
 // ---------------------------------------------------------------- main
 
 async function main (): Promise<void> {
-  // startServer/stopServer write and remove test/.db.json, which a test run
-  // started by someone else may be using right now: put back whatever is not ours.
-  const previousState = await readFile(STATE_FILE, 'utf8').catch(() => null)
   const loadBefore = os.loadavg()
   log(process.env.DATABASE_URL ? 'using DATABASE_URL' : 'starting PostgreSQL')
   const server = await startServer()
-  const ours = JSON.stringify(server)
-  if (await readFile(STATE_FILE, 'utf8').catch(() => null) === ours) {
-    if (previousState === null) await rm(STATE_FILE, { force: true })
-    else await writeFile(STATE_FILE, previousState)
-  }
   let db: Database | undefined
   let cleaning: Promise<void> | undefined
   const cleanup = (): Promise<void> => {
     cleaning ??= (async () => {
       for (const child of [...children]) await stop(child).catch(() => {})
-      if (db) await dropDatabase(server, db).catch((err: unknown) => log(`could not drop ${db!.name}: ${String(err)}`))
-      const stateNow = await readFile(STATE_FILE, 'utf8').catch(() => null)
+      for (const open of [...(db ? [db] : []), ...extraDatabases]) {
+        await dropDatabase(server, open).catch((err: unknown) => log(`could not drop ${open.name}: ${String(err)}`))
+      }
       await stopServer(server).catch((err: unknown) => log(`could not stop PostgreSQL: ${String(err)}`))
-      if (stateNow !== null && stateNow !== ours) await writeFile(STATE_FILE, stateNow)
     })()
     return cleaning
   }
@@ -569,6 +795,8 @@ async function main (): Promise<void> {
     db = await createDatabase(server)
     log(`database ${db.name} on PostgreSQL ${db.postgresVersion} (${server.kind}), max_connections ${db.maxConnections}`)
     const throughput = runs('throughput') ? await measureThroughput(db) : []
+    // Before propagation and the storm, while nothing has changed in db yet.
+    const invalidation = runs('invalidation') ? await measureInvalidation(db, server) : null
     const propagation = runs('propagation') ? await measurePropagation(db) : { results: [], skipped: [] }
     const storm = runs('storm') ? await measureStorm(db) : null
     const memory = runs('memory') ? [await measureMemory(db, 'A'), await measureMemory(db, 'B')] : []
@@ -582,6 +810,7 @@ async function main (): Promise<void> {
       loadBefore,
       loadAfter: os.loadavg(),
       throughput,
+      invalidation,
       propagation: propagation.results,
       skipped: propagation.skipped,
       storm,

@@ -28,6 +28,8 @@ export interface Counters {
   version: number | null
   /** B's status().refreshes, else null. */
   pluginRefreshes: number | null
+  /** B's status().userVersions (users changed within one session lifetime it tracks), else null. */
+  userVersions: number | null
   /** Sessions in the in-memory store. */
   sessions: number
   /** CPU time this process has used, user plus system, µs (process.cpuUsage()). */

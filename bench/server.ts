@@ -141,6 +141,7 @@ serveCommands({
     ...counters,
     version: kind === 'B' ? app.sessionRefresh.version : null,
     pluginRefreshes: kind === 'B' ? app.sessionRefresh.status().refreshes : null,
+    userVersions: kind === 'B' ? app.sessionRefresh.status().userVersions : null,
     sessions: sessions.size,
     cpuMicros: cpuMicros()
   }),

@@ -1,5 +1,5 @@
 import { STAMP, USER_STAMP, type SessionFields } from './session-fields.js'
-import type { UserVersions } from './user-versions.js'
+import type { UserVersion, UserVersions } from './user-versions.js'
 
 /** Why a session needs a refresh; these words also appear in the logs. */
 export type StaleReason = 'no-stamp' | 'version' | 'missing-field' | 'user-changed'
@@ -26,22 +26,25 @@ export function isLoggedIn (session: SessionFields, rule: StaleRule): boolean {
 export function staleReason (session: SessionFields, rule: StaleRule, version: number, users: UserVersions): Verdict {
   const userId = session.get(rule.identityField)
   if (userId == null) return null
+  const user = users.get(userId)
   // Checked first: no refresh may re-stamp a session that must log in again.
-  if (mustLogOut(session, userId, users)) return 'user-logout'
+  if (loggedOutBy(session, user)) return 'user-logout'
   const stamp = session.get(STAMP)
   if (stamp === undefined) return 'no-stamp'
   if (stamp !== version) return 'version'
   for (const field of rule.requiredFields) {
     if (session.get(field) == null) return 'missing-field'
   }
-  const user = users.get(userId)
   if (user !== undefined && session.get(USER_STAMP) !== user.version) return 'user-changed'
   return null
 }
 
 /** A session stamped before its user's last logout-required change must log in again. */
 export function mustLogOut (session: SessionFields, userId: unknown, users: UserVersions): boolean {
-  const user = users.get(userId)
+  return loggedOutBy(session, users.get(userId))
+}
+
+function loggedOutBy (session: SessionFields, user: UserVersion | undefined): boolean {
   return user !== undefined && userStamp(session) < user.logoutVersion
 }
 
