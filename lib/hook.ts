@@ -22,12 +22,16 @@ export interface HookDeps {
  * the slow way, through the app's `refresh`.
  */
 export function createHook (deps: HookDeps): onRequestHookHandler {
-  const { options } = deps
+  const { options, listener, users } = deps
 
   return function sessionRefreshHook (request, reply, done) {
     const config = request.routeOptions.config
     const session = sessionOf(request)
-    const verdict = session === null ? null : judge(session, config.sessionRefresh !== false, deps)
+    const verdict = session === null
+      ? null
+      : config.sessionRefresh !== false
+        ? staleReason(session, options, listener.version, users)
+        : forcedLogout(session, deps)
     if (verdict !== null) {
       refreshStale(request, reply, session!, verdict, deps).then((answered) => { if (!answered) done() }, done)
       return
@@ -41,8 +45,7 @@ export function createHook (deps: HookDeps): onRequestHookHandler {
 }
 
 /** On a route with `sessionRefresh: false` nothing is refreshed, but a forced logout still holds. */
-function judge (session: SessionFields, refreshing: boolean, { options, listener, users }: HookDeps): Verdict {
-  if (refreshing) return staleReason(session, options, listener.version, users)
+function forcedLogout (session: SessionFields, { options, users }: HookDeps): Verdict {
   const userId = session.get(options.identityField)
   return userId != null && mustLogOut(session, userId, users) ? 'user-logout' : null
 }
