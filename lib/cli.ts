@@ -26,7 +26,8 @@ Reads and raises the session version that fastify-session-refresh listens to.
 The database comes from --url, else from the DATABASE_URL environment variable.
 
 Commands:
-  migrate          Create system_settings, its trigger and the session_version row.
+  migrate          Create system_settings, session_user_versions, their triggers and
+                   functions, and the session_version row.
                    Safe to run again: it keeps the current version.
                      session-refresh migrate --url postgres://app@db/app
   bump             Raise session_version by one, in one statement, and print it.

@@ -88,10 +88,10 @@ export class UserVersions {
     this.#readFromXid = snapshot!.xmin
   }
 
-  /** Runs session_refresh_user() or session_logout_user() and applies the change here at once. */
+  /** Records a change, as session_refresh_user() or session_logout_user() do, and applies it here at once. */
   async change (sql: Sql, userId: string, logout: boolean): Promise<number> {
     const [row] = await sql.begin(async (tx) => {
-      await (logout ? tx`select session_logout_user(${userId})` : tx`select session_refresh_user(${userId})`)
+      await tx`select session_change_user(${userId}, ${logout})`
       return tx<Row[]>`select ${tx.unsafe(ROW_COLUMNS)} from session_user_versions where user_id = ${userId}`
     })
     this.#applyRow(row!)

@@ -69,18 +69,18 @@ BEGIN
 END
 $$;
 
--- The user's sessions are refreshed on their next request. Returns the user's new version.
-CREATE OR REPLACE FUNCTION session_refresh_user(p_user_id TEXT) RETURNS BIGINT
+-- Records one change of a user: a refresh, or a logout when p_logout. Returns the user's new version.
+CREATE OR REPLACE FUNCTION session_change_user(p_user_id TEXT, p_logout BOOLEAN) RETURNS BIGINT
 LANGUAGE sql AS $$
-  INSERT INTO session_user_versions AS s (user_id, version, logout) VALUES (p_user_id, 1, false)
-  ON CONFLICT (user_id) DO UPDATE SET version = s.version + 1, logout = false
+  INSERT INTO session_user_versions AS s (user_id, version, logout) VALUES (p_user_id, 1, p_logout)
+  ON CONFLICT (user_id) DO UPDATE SET version = s.version + 1, logout = p_logout
   RETURNING version
 $$;
 
+-- The user's sessions are refreshed on their next request. Returns the user's new version.
+CREATE OR REPLACE FUNCTION session_refresh_user(p_user_id TEXT) RETURNS BIGINT
+LANGUAGE sql AS $$ SELECT session_change_user(p_user_id, false) $$;
+
 -- The user's sessions must log in again. Returns the user's new version.
 CREATE OR REPLACE FUNCTION session_logout_user(p_user_id TEXT) RETURNS BIGINT
-LANGUAGE sql AS $$
-  INSERT INTO session_user_versions AS s (user_id, version, logout) VALUES (p_user_id, 1, true)
-  ON CONFLICT (user_id) DO UPDATE SET version = s.version + 1, logout = true
-  RETURNING version
-$$;
+LANGUAGE sql AS $$ SELECT session_change_user(p_user_id, true) $$;
