@@ -1,23 +1,27 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { createHook } from './hook.js'
-import { VersionListener, type ListenerStatus } from './listener.js'
-import { resolveOptions, type SessionRefreshOptions } from './options.js'
-import { Refresher } from './refresher.js'
-import { USER_STAMP, sessionOf, writeStamp, type SessionFields, type Stamp } from './session-fields.js'
-import { addStatusRoute } from './status-route.js'
-import { UserVersions } from './user-versions.js'
-import { openConnection } from './connection.js'
-import type { Sql } from 'postgres'
+import { VersionListener, type ListenerStatus } from './database/listener.js'
+import { UserChanges } from './database/user-changes.js'
+import { InvalidOptionError } from './errors.js'
+import { resolveOptions, type ResolvedOptions, type SessionRefreshOptions } from './options.js'
+import { createHook } from './request/hook.js'
+import { identityKey, type Identity } from './request/identity.js'
+import { loginPage } from './request/login.js'
+import { Refresher } from './request/refresher.js'
+import { installHook } from './request/routes.js'
+import { detectSessionPlugin, type SessionAdapter } from './request/sessions.js'
+import { asStamp, keepHash, newLoginKey, storedIdentity, type SessionStamp } from './request/stamp.js'
+import { addStatusRoute } from './request/status-route.js'
+import { logoutOf } from './request/verdict.js'
 
 export interface SessionRefreshStatus extends ListenerStatus {
   /** Calls of `refresh` that returned session fields. */
   refreshes: number
-  /** Calls of `refresh` that threw or returned something unusable. */
+  /** Calls of `refresh` that threw, timed out or returned something unusable. */
   refreshFailures: number
-  /** Requests sent to log in because their session could not be refreshed. */
+  /** Requests sent to log in because their session could not stay logged in. */
   logouts: number
-  /** Calls of `refresh` running right now. */
+  /** Calls of `refresh` running right now, timed-out ones included until they settle. */
   refreshesRunning: number
 }
 
@@ -26,19 +30,26 @@ export interface SessionRefreshDecorator {
   readonly version: number
   /** How the listener and the refreshes are doing. */
   status (): SessionRefreshStatus
-  /** Stamps the request's session with the current versions; call it when a user logs in. */
+  /**
+   * Marks the request's session as authenticated now, with fresh data. Call it
+   * in every login handler, after the user id is set (and after passport's
+   * `request.logIn()`). A session whose user id has no stamp is stamped at its
+   * next request instead, so a logout between the login and that request would
+   * not end it.
+   */
   stamp (request: FastifyRequest): void
   /**
-   * Refreshes every session of one user, on every instance, on their next request.
-   * Resolves to the user's new version.
+   * Refreshes every session of one user, on every instance, on their next
+   * request. Resolves to the user's new version once this instance has read it.
    */
-  refreshUser (userId: string | number): Promise<number>
+  refreshUser (userId: Identity): Promise<number>
   /**
-   * Logs every session of one user out, on every instance (after a password change, say).
-   * `keep`: a request whose session belongs to that user stays logged in and is re-stamped,
-   * like Django's update_session_auth_hash. Resolves to the user's new version.
+   * Logs every session of one user out, on every instance (after a password
+   * change, say). `keep`: a request whose session belongs to that user stays
+   * logged in, like Django's update_session_auth_hash, even if an overlapping
+   * request saves an older copy of it. Resolves to the user's new version.
    */
-  logoutUser (userId: string | number, options?: { keep?: FastifyRequest }): Promise<number>
+  logoutUser (userId: Identity, options?: { keep?: FastifyRequest }): Promise<number>
 }
 
 declare module 'fastify' {
@@ -46,46 +57,47 @@ declare module 'fastify' {
     sessionRefresh: SessionRefreshDecorator
   }
   interface FastifyContextConfig {
-    /** `false` skips the session version check on this route. */
+    /** `false` skips the refresh on this route; a forced logout still holds. */
     sessionRefresh?: boolean
     /** `true` sends requests without a logged-in session to log in (302 for pages, 401 for APIs). */
     loginRequired?: boolean
+    /** `true` marks a login route: a session that cannot stay logged in is emptied and the request goes on. */
+    loginRoute?: boolean
   }
   interface Session {
-    /** The session version this session was last refreshed or logged in at. Set by fastify-session-refresh. */
-    sessionVersion?: number
-    /** The user's own version at that time. Set by fastify-session-refresh. */
-    sessionUserVersion?: number
+    /** What fastify-session-refresh keeps in the session (the default `stampField`). */
+    sessionRefresh?: SessionStamp
   }
+}
+
+// One registration per stamp field and server: two that shared one would
+// satisfy each other's checks.
+const claimedStampFields = new WeakMap<object, Set<string>>()
+
+function claimStampField (fastify: FastifyInstance, field: string): void {
+  const claimed = claimedStampFields.get(fastify.server) ?? new Set()
+  if (claimed.has(field)) {
+    throw new InvalidOptionError(`another registration on this server already keeps its stamp in the session field \`${field}\`; give each registration its own \`stampField\``)
+  }
+  claimedStampFields.set(fastify.server, claimed.add(field))
 }
 
 async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: SessionRefreshOptions): Promise<void> {
   const options = resolveOptions(rawOptions)
-  const users = new UserVersions(options.sessionLifetime)
-  const listener = new VersionListener({ ...options, users, log: fastify.log })
+  const adapter = detectSessionPlugin(fastify)
+  claimStampField(fastify, options.stampField)
+  const listener = new VersionListener({ ...options, log: fastify.log })
   await listener.start()
-  // Per-user changes get a connection of their own, opened on first use: on the
-  // listener's, a change waiting for a row lock would hold up the heartbeat.
-  let writer: Sql | undefined
-  const changeUser = (userId: string | number, logout: boolean): Promise<number> => {
-    writer ??= openConnection(options.connection, { max: 1, idle_timeout: 30, connect_timeout: Math.ceil(options.connectTimeout / 1000) })
-    return users.change(writer, String(userId), logout)
-  }
-  fastify.addHook('onClose', () => Promise.all([listener.close(), writer?.end({ timeout: 1 })]))
+  const changes = new UserChanges(options)
+  fastify.addHook('onClose', () => Promise.all([listener.close(), changes.close()]))
 
   const refresher = new Refresher({
-    refresh: (request) => options.refresh(request.session, request),
-    currentStamp: (request) => currentStamp(sessionOf(request)!),
-    requiredFields: options.requiredFields,
     maxConcurrent: options.maxConcurrentRefreshes,
-    timeout: options.refreshTimeout
+    timeout: options.refreshTimeout,
+    requiredFields: options.requiredFields
   })
   let logouts = 0
-
-  function currentStamp (session: SessionFields): Stamp {
-    const userId = session.get(options.identityField)
-    return { version: listener.version, userVersion: users.get(userId)?.version ?? 0 }
-  }
+  const login = loginPage(options.loginUrl)
 
   fastify.decorate('sessionRefresh', {
     get version () {
@@ -98,37 +110,69 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       logouts,
       refreshesRunning: refresher.running
     }),
-    stamp (request: FastifyRequest) {
-      const session = sessionOf(request)
-      if (session !== null) writeStamp(session, currentStamp(session))
-    },
-    refreshUser: (userId) => changeUser(userId, false),
-    async logoutUser (userId, { keep } = {}) {
-      const version = await changeUser(userId, true)
-      const session = keep === undefined ? null : sessionOf(keep)
-      if (session !== null && String(session.get(options.identityField)) === String(userId)) {
-        // Only the user stamp: a session that is stale for another reason stays stale.
-        session.set(USER_STAMP, version)
-      }
+    stamp: (request) => stampLogin(request, adapter, options, listener),
+    async refreshUser (userId) {
+      const { version } = await changes.change(identityKey(userId), false, null)
+      await listener.catchUp(options.queryTimeout)
       return version
+    },
+    async logoutUser (userId, { keep } = {}) {
+      const key = identityKey(userId)
+      const kept = keep === undefined ? null : keptSession(keep, key, adapter, options, listener)
+      const change = await changes.change(key, true, kept === null ? null : keepHash(kept.stamp.k))
+      // The kept session authenticated at this logout: it stays in, here and on every instance.
+      if (kept !== null) kept.write({ ...kept.stamp, a: Math.max(kept.stamp.a, change.logoutSeq), u: change.version })
+      // Applied here from the table, like every other change, before the caller goes on.
+      await listener.catchUp(options.queryTimeout)
+      return change.version
     }
   } satisfies SessionRefreshDecorator)
   if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
 
-  fastify.addHook('onRequest', createHook({ options, listener, users, refresher, onLogout: () => { logouts++ } }))
+  installHook(fastify, createHook({ options, view: listener, adapter, refresher, login, onLogout: () => { logouts++ } }), login)
+}
+
+type Versions = Pick<VersionListener, 'version' | 'logoutClock' | 'user' | 'userCount'>
+
+/** A fresh login: authenticated at the logout clock read so far, data read now. */
+function stampLogin (request: FastifyRequest, adapter: SessionAdapter, options: ResolvedOptions, versions: Versions): void {
+  const session = adapter.sessionOf(request)
+  const identity = session === null ? null : options.identify(session, request)
+  if (identity == null) return
+  const key = identityKey(identity)
+  session!.set(options.stampField, {
+    v: versions.version,
+    u: versions.user(key)?.version ?? 0,
+    a: versions.logoutClock,
+    k: newLoginKey(),
+    i: storedIdentity(identity as Identity),
+    h: []
+  } satisfies SessionStamp)
+}
+
+/** The session a logout keeps: only one of that user, and only if it is not logged out already. */
+function keptSession (request: FastifyRequest, key: string, adapter: SessionAdapter, options: ResolvedOptions, listener: VersionListener) {
+  const session = adapter.sessionOf(request)
+  const identity = session === null ? null : options.identify(session, request)
+  const stamp = asStamp(session?.get(options.stampField))
+  if (identity == null || stamp === null || stamp.i !== storedIdentity(identity as Identity) || identityKey(identity) !== key) return null
+  if (logoutOf(stamp, key, listener)?.out === true) return null
+  return { stamp, write: (next: SessionStamp) => session!.set(options.stampField, next) }
 }
 
 export const sessionRefresh = fp(sessionRefreshPlugin, {
   fastify: '5.x',
-  name: 'fastify-session-refresh',
-  dependencies: ['@fastify/session']
+  name: 'fastify-session-refresh'
 })
 export default sessionRefresh
 
-export { migrate, readSessionVersion, bumpSessionVersion } from './migrate.js'
-export { safeRedirectPath } from './login.js'
-export type { LoginReason } from './login.js'
-export type { StaleReason } from './stale.js'
+export { migrate, readSessionVersion, bumpSessionVersion } from './database/migrate.js'
+export type { SchemaOption } from './database/migrate.js'
+export { safeRedirectPath } from './request/login.js'
+export type { LoginReason } from './request/login.js'
+export type { StaleReason } from './request/verdict.js'
 export type { SessionRefreshOptions } from './options.js'
-export type { ListenerStatus } from './listener.js'
+export type { ListenerStatus } from './database/listener.js'
+export type { SessionStamp } from './request/stamp.js'
+export type { Identity } from './request/identity.js'
 export * as errors from './errors.js'

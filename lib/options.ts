@@ -1,16 +1,19 @@
 import { inspect } from 'node:util'
 import type { FastifyRequest, Session } from 'fastify'
 import type { FastifySessionObject } from '@fastify/session'
-import type { Options as PostgresOptions, PostgresType } from 'postgres'
+import { MAX_SCHEMA_BYTES } from './database/channel.js'
+import type { Connection } from './database/connection.js'
 import { InvalidOptionError } from './errors.js'
+import type { SessionFields } from './request/sessions.js'
+import { MAX_TIMER_MS } from './timeout.js'
 
 export interface SessionRefreshOptions {
   /**
-   * The plugin's own database connection: a URL or postgres.js options. It needs
-   * a direct connection to the primary; LISTEN does not work through PgBouncer's
-   * transaction pooling nor on a standby.
+   * The plugin's own database connection: a URL (string or URL) or postgres.js
+   * options. It needs a direct connection to the primary (or a PgBouncer pool
+   * in session mode); LISTEN does not work through transaction pooling nor on a standby.
    */
-  connection: string | PostgresOptions<Record<string, PostgresType>>
+  connection: Connection
   /**
    * Reloads what a stale session holds. Returns the fields to write into the
    * session, or `null` when the user is gone (the session is then logged out).
@@ -18,17 +21,30 @@ export interface SessionRefreshOptions {
    */
   refresh: (session: FastifySessionObject, request: FastifyRequest) => Promise<Partial<Session> | null> | Partial<Session> | null
   /**
-   * The session field whose presence means "logged in".
+   * The session field that holds the user id; its presence means "logged in".
    * @default 'id'
    */
   identityField?: string
+  /**
+   * Reads the user id from the session, instead of `identityField`: for
+   * @fastify/passport, `(session) => session.get('passport')?.id`. Return a
+   * string, a safe integer or a bigint, or null/undefined for "logged out".
+   */
+  identify?: (session: SessionFields, request: FastifyRequest) => unknown
   /**
    * Fields a logged-in session must hold; a session missing one is refreshed.
    * @default []
    */
   requiredFields?: string[]
   /**
-   * Where pages go when they must log in; `?next=<path>&reason=<reason>` is appended.
+   * The session field the plugin keeps its stamp in. Two registrations that
+   * share one session (an app with a shop and an admin login) need one each.
+   * @default 'sessionRefresh'
+   */
+  stampField?: string
+  /**
+   * Where pages go when they must log in; `?next=<path>&reason=<reason>` is
+   * appended. A route with this path is a login route (see `config.loginRoute`).
    * @default '/login'
    */
   loginUrl?: string
@@ -44,17 +60,30 @@ export interface SessionRefreshOptions {
    */
   maxConcurrentRefreshes?: number
   /**
-   * Milliseconds after which a `refresh` call that has not settled counts as failed (`refresh-error`).
+   * Milliseconds after which a `refresh` call that has not settled counts as
+   * failed (`refresh-error`). It keeps its slot until it settles.
    * @default 10000
    */
   refreshTimeout?: number
   /**
-   * Milliseconds within which registration must have connected, listened and read the version.
+   * Milliseconds within which registration must have connected, listened and read the versions.
    * @default 10000
    */
   connectTimeout?: number
   /**
-   * Milliseconds between heartbeats sent through the database to the listener.
+   * Milliseconds any one query of the plugin may take (a read, a heartbeat,
+   * `logoutUser`) before its connection is dropped and the call fails.
+   * @default 5000
+   */
+  queryTimeout?: number
+  /**
+   * Milliseconds a request waits for a re-read when its session was stamped by
+   * an instance that knows more; after that it is served as it is.
+   * @default 1000
+   */
+  catchUpTimeout?: number
+  /**
+   * Milliseconds of silence on the LISTEN connection after which a heartbeat is sent.
    * @default 10000
    */
   heartbeatInterval?: number
@@ -64,69 +93,92 @@ export interface SessionRefreshOptions {
    */
   heartbeatTimeout?: number
   /**
-   * Milliseconds between re-reads of the version, a backstop for lost notifications.
+   * Milliseconds between re-reads of the tables, a backstop for lost notifications (±20%).
    * @default 30000
    */
   pollInterval?: number
   /**
    * A path such as `'/health/session-refresh'` that serves `status()` as JSON:
    * 200 while listening, 503 while not, for load balancers and uptime checks.
-   * `false` or left out: no route.
    * @default false
    */
   statusRoute?: string | false
   /**
-   * Milliseconds a session can live (your cookie's maxAge). Per-user changes
-   * older than this cannot concern a live session and are forgotten.
+   * Milliseconds a session can live (your cookie's maxAge, or secure-session's
+   * expiry): a logout is enforced for this long after it was made.
    * @default 86400000 (one day)
    */
   sessionLifetime?: number
+  /**
+   * The schema that holds the plugin's tables: one per tenant in one database.
+   * @default 'public'
+   */
+  schema?: string
 }
 
-export type ResolvedOptions = Required<SessionRefreshOptions>
+export interface ResolvedOptions extends Required<Omit<SessionRefreshOptions, 'identify'>> {
+  identify: (session: SessionFields, request: FastifyRequest) => unknown
+}
 
 const DEFAULTS = {
   identityField: 'id',
   requiredFields: [],
+  stampField: 'sessionRefresh',
   loginUrl: '/login',
   onRefreshError: 'logout',
   maxConcurrentRefreshes: 16,
   refreshTimeout: 10_000,
   connectTimeout: 10_000,
+  queryTimeout: 5_000,
+  catchUpTimeout: 1_000,
   heartbeatInterval: 10_000,
   heartbeatTimeout: 5_000,
   pollInterval: 30_000,
   statusRoute: false,
-  sessionLifetime: 86_400_000
-} satisfies Omit<ResolvedOptions, 'connection' | 'refresh'>
+  sessionLifetime: 86_400_000,
+  schema: 'public'
+} satisfies Omit<SessionRefreshOptions, 'connection' | 'refresh' | 'identify'>
 
 type Check = (value: unknown) => string | null
 
 const positiveInteger: Check = (value) =>
   Number.isSafeInteger(value) && (value as number) >= 1 ? null : 'a whole number from 1 up'
+// Node fires a longer timer after 1 ms: a 30-day refreshTimeout would fail every refresh at once.
+const timer: Check = (value) =>
+  Number.isSafeInteger(value) && (value as number) >= 1 && (value as number) <= MAX_TIMER_MS
+    ? null
+    : `a whole number of milliseconds from 1 to ${MAX_TIMER_MS} (the longest timer Node runs)`
 const nonEmptyString: Check = (value) =>
   typeof value === 'string' && value.length > 0 ? null : 'a non-empty string'
 
 const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   connection: (value) =>
-    (typeof value === 'string' && value.length > 0) || (typeof value === 'object' && value !== null && !Array.isArray(value))
+    (typeof value === 'string' && value.length > 0) || value instanceof URL || (typeof value === 'object' && value !== null && !Array.isArray(value))
       ? null
-      : 'a connection URL or postgres.js options',
+      : 'a connection URL (string or URL) or postgres.js options',
   refresh: (value) => typeof value === 'function' ? null : 'a function (session, request) => fields | null',
   identityField: nonEmptyString,
+  identify: (value) => value === undefined || typeof value === 'function' ? null : 'a function (session, request) => user id',
   requiredFields: (value) =>
     Array.isArray(value) && value.every((field) => nonEmptyString(field) === null) ? null : 'an array of non-empty strings',
+  stampField: nonEmptyString,
   loginUrl: nonEmptyString,
   onRefreshError: (value) => value === 'logout' || value === 'keep' ? null : "'logout' or 'keep'",
   maxConcurrentRefreshes: positiveInteger,
-  refreshTimeout: positiveInteger,
-  connectTimeout: positiveInteger,
-  heartbeatInterval: positiveInteger,
-  heartbeatTimeout: positiveInteger,
-  pollInterval: positiveInteger,
+  refreshTimeout: timer,
+  connectTimeout: timer,
+  queryTimeout: timer,
+  catchUpTimeout: timer,
+  heartbeatInterval: timer,
+  heartbeatTimeout: timer,
+  pollInterval: timer,
   sessionLifetime: positiveInteger,
   statusRoute: (value) =>
-    value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false"
+    value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false",
+  schema: (value) =>
+    typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= MAX_SCHEMA_BYTES
+      ? null
+      : `a schema name of 1 to ${MAX_SCHEMA_BYTES} bytes`
 }
 
 function describe (value: unknown): string {
@@ -139,15 +191,19 @@ export function resolveOptions (options: Partial<SessionRefreshOptions>): Resolv
     if (!(name in CHECKS)) throw new InvalidOptionError(`unknown option \`${name}\`; known options are ${Object.keys(CHECKS).join(', ')}`)
   }
   // An option set to undefined takes its default, as if it were left out.
-  const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined))
-  for (const name of ['connection', 'refresh']) {
+  const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<SessionRefreshOptions>
+  for (const name of ['connection', 'refresh'] as const) {
     if (!(name in given)) throw new InvalidOptionError(`the \`${name}\` option is required`)
   }
-  const resolved = { ...DEFAULTS, ...given } as unknown as ResolvedOptions
+  if (given.identify !== undefined && given.identityField !== undefined) {
+    throw new InvalidOptionError('give `identityField` or `identify`, not both')
+  }
+  const merged = { ...DEFAULTS, ...given }
   for (const [name, check] of Object.entries(CHECKS)) {
-    const value = resolved[name as keyof ResolvedOptions]
+    const value = merged[name as keyof typeof merged]
     const expected = check(value)
     if (expected !== null) throw new InvalidOptionError(`expected \`${name}\` to be ${expected}, got ${describe(value)}`)
   }
-  return resolved
+  const field = merged.identityField
+  return { ...merged, identify: given.identify ?? ((session) => session.get(field)) } as ResolvedOptions
 }

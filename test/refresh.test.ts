@@ -3,8 +3,9 @@ import session from '@fastify/session'
 import Fastify from 'fastify'
 import t from 'tap'
 import sessionRefresh, { bumpSessionVersion, safeRedirectPath } from '../lib/index.js'
-import { API, PAGE, SECRET, buildApp, login } from './helpers/app.js'
+import { API, PAGE, SECRET, buildApp, login, sessionCookie } from './helpers/app.js'
 import { createDatabase, eventually } from './helpers/database.js'
+import { pgSessionStore } from './helpers/pg-store.js'
 
 const db = await createDatabase(t)
 
@@ -37,22 +38,32 @@ t.test('a stale session is refreshed, re-stamped and logged, once', async (t) =>
   t.same(refreshCalls, [7], 'refreshed once, then fresh')
 
   const refreshing = logs.find((l) => l.msg === 'Refreshing stale session for user: 7')
-  t.match(refreshing, { level: 30, userId: 7, reason: 'version' })
-  t.match(logs.find((l) => l.msg === 'Successfully refreshed session for 7'), { level: 30, userId: 7 })
+  t.match(refreshing, { level: 30, userId: '7', reason: 'version' })
+  t.match(logs.find((l) => l.msg === 'Successfully refreshed session for 7'), { level: 30, userId: '7' })
   t.notOk(JSON.stringify(logs).includes(SECRET), 'the session secret is never logged')
   t.match(app.sessionRefresh.status(), { refreshes: 1, refreshFailures: 0, logouts: 0, refreshesRunning: 0 })
 })
 
-t.test('a version that goes down also makes sessions stale', async (t) => {
-  const { app, refreshCalls } = await buildApp(t, { url: db.url })
+/** Sets the stored version as a restore would: no trigger, no notification. */
+async function restoreVersion (value: number): Promise<void> {
+  await db.sql.begin(async (tx) => {
+    await tx`alter table system_settings disable trigger user`
+    await tx`update system_settings set value = ${String(value)} where key = 'session_version'`
+    await tx`alter table system_settings enable trigger user`
+  })
+}
+
+t.test('a restore that lowers the version makes sessions stale, and the next bump never repeats a stamp', async (t) => {
+  const { app, refreshCalls } = await buildApp(t, { url: db.url, plugin: { pollInterval: 50 } })
+  const before = app.sessionRefresh.version
   const cookie = await login(app, 2)
-  const current = app.sessionRefresh.version
-  await db.sql`update system_settings set value = ${String(current - 1)} where key = 'session_version'`
-  await eventually('the lower version', () => app.sessionRefresh.version === current - 1)
+  await restoreVersion(before - 1000)
+  await eventually('the restored version', () => app.sessionRefresh.version === before - 1000)
   const res = await app.inject({ url: '/me', headers: { cookie, ...API } })
-  t.equal(res.json().sessionVersion, current - 1)
+  t.equal(res.json().sessionVersion, before - 1000, 'the table is the truth, even when it went back')
   t.same(refreshCalls, [2])
-  await bumpSessionVersion(db.sql)
+  const bumped = await bump(app)
+  t.ok(bumped > before, `the next bump (${bumped}) is above every value given out before the restore (${before})`)
 })
 
 t.test('a logged-in session without a stamp, or without a required field, is stale', async (t) => {
@@ -60,12 +71,12 @@ t.test('a logged-in session without a stamp, or without a required field, is sta
   const unstamped = await login(app, 3, { stamp: false })
   const res = await app.inject({ url: '/me', headers: { cookie: unstamped, ...API } })
   t.equal(res.json().sessionVersion, app.sessionRefresh.version)
-  t.match(logs.find((l) => l.userId === 3), { reason: 'no-stamp' })
+  t.match(logs.find((l) => l.userId === '3' && l.msg.startsWith('Refreshing')), { reason: 'no-stamp' })
 
   const incomplete = await login(app, 4, { playerId: null })
   const filled = await app.inject({ url: '/me', headers: { cookie: incomplete, ...API } })
   t.equal(filled.json().playerId, 400)
-  t.match(logs.find((l) => l.userId === 4), { reason: 'missing-field' })
+  t.match(logs.find((l) => l.userId === '4' && l.msg.startsWith('Refreshing')), { reason: 'missing-field' })
   t.same(refreshCalls, [3, 4])
 })
 
@@ -120,22 +131,29 @@ t.test('a user who is gone is sent to log in: pages get 302, APIs get 401', asyn
 
   const after = await app.inject({ url: '/public', headers: { cookie: apiCookie, ...API } })
   t.same(after.json(), { id: null, email: null, playerId: null, sessionVersion: null }, 'the identity, required fields and stamp are cleared')
-  t.match(logs.find((l) => l.userId === 9 && l.reason === 'user-gone'), { level: 30, msg: 'Falling back to login for user: 9' })
+  t.match(logs.find((l) => l.userId === '9' && l.reason === 'user-gone'), { level: 30, msg: 'Falling back to login for user: 9' })
   t.match(app.sessionRefresh.status(), { logouts: 2, refreshes: 0, refreshFailures: 0 })
 })
 
-t.test('the session keeps what is not login data when it is logged out', async (t) => {
+t.test('a forced logout leaves nothing of the old session: a new session id, and no field of the old user', async (t) => {
   const { app } = await buildApp(t, { url: db.url, refresh: () => null })
+  const session = (request: { session: unknown }) => request.session as { get: (k: string) => unknown, set: (k: string, v: unknown) => void }
   app.post('/cart', async (request) => {
-    (request.session as unknown as { set: (k: string, v: unknown) => void }).set('cart', ['ball'])
+    session(request).set('cart', ['ball'])
+    session(request).set('roles', ['admin'])
     return { ok: true }
   })
-  app.get('/cart', async (request) => ({ cart: (request.session as unknown as { get: (k: string) => unknown }).get('cart') }))
+  app.get('/cart', async (request) => ({ cart: session(request).get('cart') ?? null, roles: session(request).get('roles') ?? null }))
   const cookie = await login(app, 10)
   await app.inject({ method: 'POST', url: '/cart', headers: { cookie } })
+  t.same((await app.inject({ url: '/cart', headers: { cookie } })).json(), { cart: ['ball'], roles: ['admin'] })
   await bump(app)
-  t.equal((await app.inject({ url: '/me', headers: { cookie, ...API } })).statusCode, 401)
-  t.same((await app.inject({ url: '/cart', headers: { cookie } })).json(), { cart: ['ball'] })
+  const out = await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.equal(out.statusCode, 401)
+  const fresh = sessionCookie(out)
+  t.not(fresh, cookie, 'the logged-out request got a new session id')
+  t.same((await app.inject({ url: '/cart', headers: { cookie: fresh } })).json(), { cart: null, roles: null }, 'the new session holds nothing of the old one')
+  t.same((await app.inject({ url: '/cart', headers: { cookie } })).json(), { cart: null, roles: null }, 'the old session id is gone from the store')
 })
 
 t.test('a refresh that throws logs an error with the user id and falls back to login', async (t) => {
@@ -146,7 +164,7 @@ t.test('a refresh that throws logs an error with the user id and falls back to l
   t.equal(res.statusCode, 401)
   t.match(res.json(), { reason: 'refresh-error', message: 'Your session could not be refreshed; please log in again' })
   const error = logs.find((l) => l.level === 50)
-  t.match(error, { userId: 11, reason: 'refresh-error', msg: 'Could not refresh session for user: 11', err: { message: 'users table is locked' } })
+  t.match(error, { userId: '11', reason: 'refresh-error', msg: 'Could not refresh session for user: 11', err: { message: 'users table is locked' } })
   t.match(app.sessionRefresh.status(), { refreshFailures: 1, logouts: 1 })
 })
 
@@ -271,11 +289,26 @@ t.test('a session set to null before the hook is treated as logged out', async (
 })
 
 t.test('a custom identity field decides who is logged in', async (t) => {
-  const { app, refreshCalls } = await buildApp(t, { url: db.url, plugin: { identityField: 'email' } })
-  const cookie = await login(app, 19)
+  const refreshedFor: unknown[] = []
+  const { app } = await buildApp(t, {
+    url: db.url,
+    plugin: { identityField: 'email' },
+    refresh: (s) => { refreshedFor.push(s.get('email')); return {} }
+  })
+  app.post<{ Body: { email?: string, id?: number } }>('/login-partly', async (request) => {
+    if (request.body.email !== undefined) request.session.set('email', request.body.email)
+    if (request.body.id !== undefined) request.session.set('id', request.body.id)
+    app.sessionRefresh.stamp(request)
+    return { ok: true }
+  })
+  const byEmail = sessionCookie(await app.inject({ method: 'POST', url: '/login-partly', payload: { email: 'only@example.com' } }))
+  const byId = sessionCookie(await app.inject({ method: 'POST', url: '/login-partly', payload: { id: 19 } }))
+  t.equal((await app.inject({ url: '/me', headers: { cookie: byEmail, ...API } })).statusCode, 200, 'an email alone is logged in')
+  t.match((await app.inject({ url: '/me', headers: { cookie: byId, ...API } })).json(), { statusCode: 401, reason: 'not-logged-in' }, 'an id alone is not')
   await bump(app)
-  await app.inject({ url: '/me', headers: { cookie, ...API } })
-  t.same(refreshCalls, [19])
+  await app.inject({ url: '/me', headers: { cookie: byEmail, ...API } })
+  await app.inject({ url: '/public', headers: { cookie: byId, ...API } })
+  t.same(refreshedFor, ['only@example.com'], 'only the session logged in by email is refreshed')
 })
 
 t.test('a stamp newer than this instance knows triggers a catch-up read, not a refresh', async (t) => {
@@ -299,14 +332,8 @@ t.test('a stamp newer than this instance knows triggers a catch-up read, not a r
   t.same(refreshCalls, [21])
 })
 
-t.test('after a forced logout the handler never runs, even when the store saves slowly', async (t) => {
-  const memory = new Map<string, unknown>()
-  const slowStore = {
-    get: (id: string, callback: (err: null, value?: unknown) => void) => callback(null, memory.get(id)),
-    set: (id: string, value: unknown, callback: () => void) => { setTimeout(() => { memory.set(id, value); callback() }, 30) },
-    destroy: (id: string, callback: () => void) => { memory.delete(id); callback() }
-  }
-  const { app } = await buildApp(t, { url: db.url, refresh: () => null, sessionOptions: { store: slowStore } })
+t.test('after a forced logout the protected handler never runs, with a real asynchronous store', async (t) => {
+  const { app } = await buildApp(t, { url: db.url, refresh: () => null, sessionOptions: { store: pgSessionStore(t, db.url) } })
   let handled = 0
   app.get('/count', { config: { loginRequired: true } }, async () => { handled++; return 'handled' })
   const cookie = await login(app, 22)

@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream'
 import cookie from '@fastify/cookie'
-import session from '@fastify/session'
+import session, { type FastifySessionObject } from '@fastify/session'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import sessionRefresh, { type SessionRefreshOptions } from '../../lib/index.js'
 
@@ -69,21 +69,23 @@ export async function buildApp (t: Teardown, options: BuildOptions): Promise<Tes
   })
   t.teardown(() => app.close())
 
-  // `stamp: false` logs in without a stamp; `sessionVersion` sets the stamp as another instance might have.
-  app.post<{ Body: { id: number, email?: string, playerId?: number | null, stamp?: boolean, sessionVersion?: number } }>('/login', async (request) => {
+  // `stamp: false` logs in without a stamp; `sessionVersion` and `userVersion` set the stamp as another instance might have.
+  app.post<{ Body: { id: number | string, email?: string, playerId?: number | null, stamp?: boolean, sessionVersion?: number, userVersion?: number } }>('/login', async (request) => {
     const { body } = request
-    request.session.set('id', body.id)
+    request.session.set('id', body.id as number)
     request.session.set('email', body.email ?? `user${body.id}@example.com`)
-    request.session.set('playerId', body.playerId === undefined ? body.id : body.playerId ?? undefined)
+    request.session.set('playerId', body.playerId === undefined ? Number(body.id) : body.playerId ?? undefined)
     if (body.stamp !== false) app.sessionRefresh.stamp(request)
-    if (body.sessionVersion !== undefined) request.session.set('sessionVersion', body.sessionVersion)
+    const stamp = request.session.get('sessionRefresh')
+    if (stamp !== undefined && body.sessionVersion !== undefined) request.session.set('sessionRefresh', { ...stamp, v: body.sessionVersion })
+    if (stamp !== undefined && body.userVersion !== undefined) request.session.set('sessionRefresh', { ...request.session.get('sessionRefresh')!, u: body.userVersion })
     return { ok: true }
   })
-  const fields = (request: { session: { get: (k: 'id' | 'email' | 'playerId' | 'sessionVersion') => unknown } }) => ({
+  const fields = (request: { session: FastifySessionObject }) => ({
     id: request.session.get('id') ?? null,
     email: request.session.get('email') ?? null,
     playerId: request.session.get('playerId') ?? null,
-    sessionVersion: request.session.get('sessionVersion') ?? null
+    sessionVersion: request.session.get('sessionRefresh')?.v ?? null
   })
   app.get('/me', { config: { loginRequired: true } }, async (request) => fields(request))
   app.get('/public', async (request) => fields(request))

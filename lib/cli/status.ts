@@ -1,7 +1,9 @@
 import type { Sql } from 'postgres'
-import { MissingTableError } from './errors.js'
-import { APPLICATION_NAME } from './listener.js'
-import { parseVersionOrThrow } from './version.js'
+import { channelFor } from '../database/channel.js'
+import { APPLICATION_NAME } from '../database/connection.js'
+import { withTableCheck } from '../database/migrate.js'
+import { parseVersionOrThrow } from '../database/version.js'
+import { MissingTableError } from '../errors.js'
 
 /** The session_version row, with its age measured by the server's own clock. */
 export interface VersionRow {
@@ -21,6 +23,8 @@ export interface ListeningInstance {
 }
 
 export interface DatabaseStatus {
+  /** The schema whose tables were read. */
+  schema: string
   version: number
   updatedAt: string
   updatedMsAgo: number
@@ -31,15 +35,11 @@ export interface DatabaseStatus {
   queueUsage: number
 }
 
-export async function readVersionRow (sql: Sql): Promise<VersionRow> {
+export async function readVersionRow (sql: Sql, schema: string): Promise<VersionRow> {
   // The age comes from the server, so a client with a wrong clock still reports it right.
-  const rows = await sql<{ value: string, updated_at: Date, age_ms: number }[]>`
+  const rows = await withTableCheck(sql<{ value: string, updated_at: Date, age_ms: number }[]>`
     select value, updated_at, (extract(epoch from clock_timestamp() - updated_at) * 1000)::float8 as age_ms
-    from system_settings where key = 'session_version'`
-    .catch((err: unknown) => {
-      // 42P01: undefined_table
-      throw (err as { code?: unknown }).code === '42P01' ? new MissingTableError() : err
-    })
+    from ${sql(schema)}.system_settings where key = 'session_version'`)
   const row = rows[0]
   if (row === undefined) throw new MissingTableError()
   return { version: parseVersionOrThrow(row.value), updatedAt: row.updated_at, ageMs: row.age_ms }
@@ -58,16 +58,17 @@ interface BackendRow {
  * LISTENs and one that runs its reads and heartbeats. pg_listening_channels()
  * only sees the caller's own session, so the LISTEN backend is told apart by
  * its last statement: postgres.js runs nothing but `listen "<channel>"` on it,
- * also after a reconnect, while the other one runs selects.
+ * also after a reconnect, while the other one runs selects. The channel names
+ * the schema, so instances of other tenants in the same database do not count.
  * Only backends on this database count: NOTIFY does not cross databases.
  */
-export async function readDatabaseStatus (sql: Sql): Promise<DatabaseStatus> {
+export async function readDatabaseStatus (sql: Sql, schema: string): Promise<DatabaseStatus> {
   // One after the other: with postgres.js 3.4, ending a client while queries
   // pipelined behind a failed one are still pending kept the process alive.
-  const row = await readVersionRow(sql)
+  const row = await readVersionRow(sql, schema)
   const backends = await sql<BackendRow[]>`
     select pid, coalesce(host(client_addr), 'local') as address, nullif(client_port, -1) as port, backend_start,
-           query ilike 'listen %' as listens
+           query = ${'listen "' + channelFor(schema) + '"'} as listens
     from pg_stat_activity
     where application_name = ${APPLICATION_NAME} and datname = current_database()
     order by backend_start, pid`
@@ -87,6 +88,7 @@ export async function readDatabaseStatus (sql: Sql): Promise<DatabaseStatus> {
     }
   }
   return {
+    schema,
     version: row.version,
     updatedAt: row.updatedAt.toISOString(),
     updatedMsAgo: Math.round(row.ageMs),
@@ -108,6 +110,7 @@ export function formatAge (ms: number): string {
 
 export function formatStatus (status: DatabaseStatus): string {
   const lines = [
+    `schema           ${status.schema}`,
     `session_version  ${status.version}`,
     `updated_at       ${status.updatedAt} (${formatAge(status.updatedMsAgo)} ago)`
   ]

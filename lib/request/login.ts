@@ -1,7 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { LoginRequiredError } from './errors.js'
-import { STAMP, USER_STAMP, type SessionFields } from './session-fields.js'
-import type { StaleRule } from './stale.js'
+import { LoginRequiredError } from '../errors.js'
 
 /** Why a request is sent to log in; also the `reason` in the 401 body and the logs. */
 export type LoginReason = 'not-logged-in' | 'user-gone' | 'refresh-error' | 'user-logout'
@@ -31,17 +29,24 @@ export function wantsPage (request: FastifyRequest): boolean {
   return request.headers.accept?.includes('text/html') === true
 }
 
-/** Removes what makes the session logged in, and nothing else the app keeps there. */
-export function clearLogin (session: SessionFields, rule: StaleRule): void {
-  for (const field of [rule.identityField, ...rule.requiredFields, STAMP, USER_STAMP]) session.set(field, undefined)
+/** Where a login page is, and the path its routes have (null when it is on another site). */
+export interface LoginPage {
+  url: string
+  path: string | null
+}
+
+export function loginPage (loginUrl: string): LoginPage {
+  return { url: loginUrl, path: loginUrl.startsWith('/') ? loginUrl.split(/[?#]/, 1)[0]! : null }
 }
 
 /** The one place that answers a request that must log in: 302 for pages, 401 JSON for APIs. */
-export function sendToLogin (request: FastifyRequest, reply: FastifyReply, loginUrl: string, reason: LoginReason): FastifyReply {
+export function sendToLogin (request: FastifyRequest, reply: FastifyReply, login: LoginPage, reason: LoginReason): FastifyReply {
   if (wantsPage(request)) {
-    const separator = loginUrl.includes('?') ? '&' : '?'
-    const next = encodeURIComponent(safeRedirectPath(request.url))
-    return reply.redirect(`${loginUrl}${separator}next=${next}&reason=${reason}`, 302)
+    const separator = login.url.includes('?') ? '&' : '?'
+    // After logging in, come back here; never to the login page itself.
+    const back = safeRedirectPath(request.url)
+    const next = back.split(/[?#]/, 1)[0] === login.path ? '/' : back
+    return reply.redirect(`${login.url}${separator}next=${encodeURIComponent(next)}&reason=${reason}`, 302)
   }
   const error = new LoginRequiredError(MESSAGES[reason])
   return reply.code(401).send({

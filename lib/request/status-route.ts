@@ -7,15 +7,21 @@ const count = (description: string) => ({ type: 'integer', minimum: 0, descripti
 export const statusSchema = {
   type: 'object',
   required: [
-    'listening', 'version', 'lastNotificationAt', 'lastHeartbeatAt', 'lastSyncAt', 'reconnects',
+    'listening', 'version', 'lastNotificationAt', 'lastHeartbeatAt', 'lastSyncAt', 'lastSyncError', 'reconnects',
     'heartbeatMisses', 'queueUsage', 'userVersions', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
   ],
   properties: {
-    listening: { type: 'boolean', description: 'LISTEN is active and the version was read after the last (re)connect. False means changes may be missed right now.' },
+    listening: { type: 'boolean', description: 'LISTEN is up and the last read, made since it came up, succeeded. False means changes may be missed right now.' },
     version: count('The session version this instance holds in memory.'),
-    lastNotificationAt: timestamp('When the last session_version notification arrived; null if none has yet.'),
-    lastHeartbeatAt: timestamp('When the last heartbeat came back through the LISTEN connection; null if none has yet.'),
-    lastSyncAt: { type: 'string', format: 'date-time', description: 'When the version was last read from the table (at start, after a reconnect, every pollInterval).' },
+    lastNotificationAt: timestamp('When the last notification of a version change arrived; null if none has yet.'),
+    lastHeartbeatAt: timestamp("When a heartbeat (this instance's or another's) last came through the LISTEN connection; null if none has yet."),
+    lastSyncAt: timestamp('When the tables were last read: at start, after each hint, every pollInterval.'),
+    lastSyncError: {
+      type: ['object', 'null'],
+      description: 'Why the last read failed, or null when it succeeded.',
+      required: ['code', 'message'],
+      properties: { code: { type: 'string' }, message: { type: 'string' } }
+    },
     reconnects: count('How often the LISTEN connection came back after being lost.'),
     heartbeatMisses: count('Heartbeats that did not come back within heartbeatTimeout; each one forces a reconnect.'),
     queueUsage: { type: 'number', minimum: 0, maximum: 1, description: 'pg_notification_queue_usage() at the last read, from 0 to 1.' },

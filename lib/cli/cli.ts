@@ -1,8 +1,9 @@
 import { parseArgs } from 'node:util'
 import postgres, { type Sql } from 'postgres'
-import { formatStatus, readDatabaseStatus } from './cli-status.js'
-import { watch } from './cli-watch.js'
-import { bumpSessionVersion, migrate } from './migrate.js'
+import { MAX_SCHEMA_BYTES } from '../database/channel.js'
+import { DEFAULT_SCHEMA, bumpSessionVersion, migrate } from '../database/migrate.js'
+import { formatStatus, readDatabaseStatus } from './status.js'
+import { watch } from './watch.js'
 
 /** What the command reads and writes, so tests can run it in-process. */
 export interface CliIo {
@@ -20,15 +21,18 @@ export const EXIT_USAGE = 2
 // Its own name, so `status` does not count the command as an app instance.
 const CLI_APPLICATION_NAME = 'session-refresh-cli'
 
-export const HELP = `Usage: session-refresh <command> [--url <postgres url>]
+export const HELP = `Usage: session-refresh <command> [--url <postgres url>] [--schema <name>]
 
 Reads and raises the session version that fastify-session-refresh listens to.
-The database comes from --url, else from the DATABASE_URL environment variable.
+The database comes from --url, else from the DATABASE_URL environment variable;
+the tables live in the schema --schema names (default public), as the app's
+\`schema\` option does.
 
 Commands:
-  migrate          Create system_settings, session_user_versions, their triggers and
-                   functions, and the session_version row.
-                   Safe to run again: it keeps the current version.
+  migrate          Create or upgrade system_settings, session_user_versions, their
+                   triggers and functions, and the session_version row.
+                   Safe to run again: it keeps the current version, and on an
+                   up-to-date schema it only reads.
                      session-refresh migrate --url postgres://app@db/app
   bump             Raise session_version by one, in one statement, and print it.
                    Call it at the end of an ETL; every app instance refreshes its sessions.
@@ -40,11 +44,12 @@ Commands:
                      session-refresh watch
 
 Options:
-  --url <url>   PostgreSQL connection URL (default: $DATABASE_URL)
-  --json        Machine-readable output (status only)
-  -h, --help    Show this help
+  --url <url>      PostgreSQL connection URL (default: $DATABASE_URL)
+  --schema <name>  The schema of the plugin's tables (default: public)
+  --json           Machine-readable output (status only)
+  -h, --help       Show this help
 
-Exit codes: 0 done, 1 failed (the reason is printed on one line), 2 wrong usage.
+Exit codes: 0 done, 1 failed, 2 wrong usage; every error is one line on stderr.
 `
 
 const COMMANDS = ['migrate', 'bump', 'status', 'watch'] as const
@@ -53,6 +58,7 @@ type Command = typeof COMMANDS[number]
 interface Invocation {
   command: Command
   url: string
+  schema: string
   json: boolean
 }
 
@@ -73,7 +79,7 @@ export async function main (argv: readonly string[], io: CliIo): Promise<number>
     }
     sql = connect(invocation.url)
   } catch (err) {
-    io.err(`session-refresh: ${oneLine(err)}\nRun \`session-refresh --help\` for the commands.\n`)
+    io.err(`session-refresh: ${oneLine(err)} (see session-refresh --help)\n`)
     return EXIT_USAGE
   }
   let code = EXIT_OK
@@ -92,6 +98,7 @@ function parseInvocation (argv: readonly string[], env: CliIo['env']): Invocatio
     args: [...argv],
     options: {
       url: { type: 'string' },
+      schema: { type: 'string', default: DEFAULT_SCHEMA },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false }
     },
@@ -106,7 +113,9 @@ function parseInvocation (argv: readonly string[], env: CliIo['env']): Invocatio
   if (values.json && command !== 'status') throw new UsageError('--json applies to `status` only')
   const url = values.url ?? env.DATABASE_URL
   if (!url) throw new UsageError('no database: pass --url <postgres url> or set DATABASE_URL')
-  return { command, url, json: values.json }
+  const schema = values.schema
+  if (schema.length === 0 || Buffer.byteLength(schema) > MAX_SCHEMA_BYTES) throw new UsageError(`--schema takes a schema name of 1 to ${MAX_SCHEMA_BYTES} bytes`)
+  return { command, url, schema, json: values.json }
 }
 
 function isCommand (name: string): name is Command {
@@ -127,28 +136,27 @@ function connect (url: string): Sql {
   }
 }
 
-async function run (sql: Sql, invocation: Invocation, io: CliIo): Promise<void> {
-  switch (invocation.command) {
+async function run (sql: Sql, { command, schema, json }: Invocation, io: CliIo): Promise<void> {
+  switch (command) {
     case 'migrate': {
-      const [existed] = await sql<{ found: boolean }[]>`select to_regclass('system_settings') is not null as found`
-      const files = await migrate(sql)
-      const status = await readDatabaseStatus(sql)
-      for (const file of files) io.out(`applied ${file}\n`)
-      io.out(existed!.found
-        ? `system_settings was already there; session_version stays ${status.version}\n`
-        : `created system_settings; session_version is ${status.version}\n`)
+      const applied = await migrate(sql, { schema })
+      const status = await readDatabaseStatus(sql, schema)
+      for (const file of applied) io.out(`applied ${file} to schema ${schema}\n`)
+      io.out(applied.length === 0
+        ? `schema ${schema} is up to date; session_version is ${status.version}\n`
+        : `schema ${schema} is migrated; session_version is ${status.version}\n`)
       return
     }
     case 'bump':
-      io.out(`session_version is now ${await bumpSessionVersion(sql)}\n`)
+      io.out(`session_version is now ${await bumpSessionVersion(sql, { schema })}\n`)
       return
     case 'status': {
-      const status = await readDatabaseStatus(sql)
-      io.out(invocation.json ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+      const status = await readDatabaseStatus(sql, schema)
+      io.out(json ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
       return
     }
     case 'watch':
-      await watch(sql, { out: io.out, error: (err) => io.err(`session-refresh: ${describeError(err)}\n`), stopped: io.stopped })
+      await watch(sql, schema, { out: io.out, error: (err) => io.err(`session-refresh: ${describeError(err)}\n`), stopped: io.stopped })
   }
 }
 

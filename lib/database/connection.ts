@@ -1,0 +1,41 @@
+import postgres, { type Options, type PostgresType, type Sql } from 'postgres'
+import type { TrackedSockets } from './sockets.js'
+
+/** How every connection of the plugin shows in pg_stat_activity. */
+export const APPLICATION_NAME = 'fastify-session-refresh'
+
+export type PostgresOptions = Options<Record<string, PostgresType>>
+
+/** The `connection` option: a URL (string or URL object) or postgres.js options. */
+export type Connection = string | URL | PostgresOptions
+
+/**
+ * Opens a postgres.js instance on the app's `connection` option, with the
+ * plugin's own settings on top.
+ *
+ * Options that change the shape of rows (`transform`, such as postgres.camel,
+ * and custom `types`) are dropped: the plugin's reads expect rows as the server
+ * sends them. The app's `socket` factory (a tunnel, a cloud connector) is kept,
+ * and the plugin's tracked sockets wrap it.
+ */
+export function openConnection (connection: Connection, settings: PostgresOptions, sockets?: TrackedSockets): Sql {
+  const given: PostgresOptions = typeof connection === 'object' && !(connection instanceof URL) ? connection : {}
+  const { transform: _transform, types: _types, ...kept } = given
+  const options: PostgresOptions = {
+    ...kept,
+    ...settings,
+    connection: { ...kept.connection, application_name: APPLICATION_NAME }
+  }
+  if (sockets !== undefined) Object.assign(options, { socket: sockets.wrap(socketFactory(given)) })
+  return typeof connection === 'string' || connection instanceof URL
+    ? postgres(String(connection), options)
+    : postgres(options)
+}
+
+/** postgres.js reads `socket` from its options, but its types leave it out. */
+export type SocketFactory = (options: unknown) => unknown
+
+function socketFactory (options: PostgresOptions): SocketFactory | undefined {
+  const factory = (options as { socket?: unknown }).socket
+  return typeof factory === 'function' ? factory as SocketFactory : undefined
+}

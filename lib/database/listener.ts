@@ -1,0 +1,312 @@
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Sql } from 'postgres'
+import { CannotListenError, DatabaseUnavailableError } from '../errors.js'
+import type { UserState, VersionView } from '../request/view.js'
+import { jitter, withTimeout } from '../timeout.js'
+import { channelFor } from './channel.js'
+import { openConnection, type Connection } from './connection.js'
+import { TrackedSockets } from './sockets.js'
+import { Sync } from './sync.js'
+import { Versions } from './versions.js'
+
+export interface ListenerOptions {
+  connection: Connection
+  schema: string
+  connectTimeout: number
+  queryTimeout: number
+  heartbeatInterval: number
+  heartbeatTimeout: number
+  pollInterval: number
+  sessionLifetime: number
+  log: FastifyBaseLogger
+}
+
+export interface ListenerStatus {
+  /** LISTEN is up and the last read, made since it came up, succeeded. False: changes may be missed right now. */
+  listening: boolean
+  /** The session version this instance holds in memory. */
+  version: number
+  /** When the last notification of a version change arrived (ISO); null if none has yet. */
+  lastNotificationAt: string | null
+  /** When a heartbeat (this instance's or another's) last came through the LISTEN connection (ISO); null if none has yet. */
+  lastHeartbeatAt: string | null
+  /** When the tables were last read (ISO): at start, after each hint, every pollInterval. */
+  lastSyncAt: string | null
+  /** Why the last read failed ({ code, message }), or null when it succeeded. */
+  lastSyncError: { code: string, message: string } | null
+  /** How often the LISTEN connection came back after being lost. */
+  reconnects: number
+  /** Heartbeats that did not come back within heartbeatTimeout; each one forces a reconnect. */
+  heartbeatMisses: number
+  /** pg_notification_queue_usage() at the last read, from 0 to 1. */
+  queueUsage: number
+  /** Users changed within one session lifetime that this instance tracks. */
+  userVersions: number
+}
+
+/** Reconnect quickly: a listener that is down is a listener that misses changes. */
+function backoff (attempt: number): number {
+  return Math.min(0.05 * 2 ** attempt, 2) * (0.5 + Math.random() / 2)
+}
+
+// Hints between two reads: the least time between their starts.
+const READ_SPACING_MS = 20
+
+/**
+ * Keeps the versions in memory, as the tables say.
+ *
+ * One postgres.js instance holds the LISTEN connection, a second one runs the
+ * reads and sends heartbeats. A notification is only a hint: it starts a read
+ * (shared by every hint that comes while one runs). The tables are read again
+ * after every (re)connect and every `pollInterval`, because notifications sent
+ * while disconnected are lost. A heartbeat goes out only when nothing has come
+ * through the LISTEN connection for a whole `heartbeatInterval`, and any
+ * instance's heartbeat proves the link for all, so N instances send about one
+ * heartbeat per interval between them, not N.
+ */
+export class VersionListener implements VersionView {
+  readonly #options: ListenerOptions
+  readonly #versions: Versions
+  readonly #sync: Sync
+  readonly #channel: string
+  readonly #instance = randomUUID().slice(0, 8)
+  // A closed LISTEN socket means changes are being missed until the next read.
+  readonly #listenSockets = new TrackedSockets(() => this.#linkLost())
+  readonly #querySockets = new TrackedSockets()
+  readonly #listenSql: Sql
+  readonly #querySql: Sql
+  #listenUp = false
+  // Changes with every LISTEN socket lost and every LISTEN made, so a read that
+  // started before either does not claim that the instance is caught up.
+  #generation = 0
+  #syncedGeneration = -1
+  #closed = false
+  #listens = 0
+  #reconnects = 0
+  #heartbeatMisses = 0
+  #heartbeatsSent = 0
+  #lastProof = 0
+  #pendingHeartbeat: string | null = null
+  #heartbeatDeadline: NodeJS.Timeout | undefined
+  #onToken: ((token: string) => void) | null = null
+  #lastNotificationAt: Date | null = null
+  #lastHeartbeatAt: Date | null = null
+  readonly #timers = new Set<NodeJS.Timeout>()
+
+  constructor (options: ListenerOptions) {
+    this.#options = options
+    this.#channel = channelFor(options.schema)
+    this.#versions = new Versions(options.sessionLifetime)
+    this.#listenSql = this.#connect(this.#listenSockets)
+    this.#querySql = this.#connect(this.#querySockets)
+    this.#sync = new Sync({
+      sql: this.#querySql,
+      schema: options.schema,
+      lifetime: options.sessionLifetime,
+      timeout: options.queryTimeout,
+      versions: this.#versions,
+      dropConnection: () => this.#querySockets.destroyAll(),
+      onReadStart: () => this.#generation,
+      onReadEnd: (started, err) => this.#readEnded(started, err),
+      spacing: READ_SPACING_MS
+    })
+  }
+
+  #connect (sockets: TrackedSockets): Sql {
+    return openConnection(this.#options.connection, {
+      max: 1,
+      connect_timeout: Math.ceil(this.#options.connectTimeout / 1000),
+      keep_alive: 10,
+      backoff,
+      onnotice: () => {},
+      ...(hasSeveralHosts(this.#options.connection) ? { target_session_attrs: 'primary' as const } : {})
+    }, sockets)
+  }
+
+  // The view the request path reads: plain fields and one map lookup.
+  get version (): number { return this.#versions.version }
+  get logoutClock (): number { return this.#versions.logoutClock }
+  get userCount (): number { return this.#versions.userCount }
+  user (key: string): UserState | undefined { return this.#versions.user(key) }
+  mark (): number { return this.#versions.mark() }
+  changedSince (key: string, mark: number): boolean { return this.#versions.changedSince(key, mark) }
+
+  catchUp (timeout: number): Promise<boolean> {
+    return withTimeout(this.#sync.request(), timeout, () => false)
+  }
+
+  get listening (): boolean {
+    return this.#listenUp && !this.#closed && this.#sync.lastError === null && this.#syncedGeneration === this.#generation
+  }
+
+  /** Resolves once LISTEN delivers and the tables were read, or fails within `connectTimeout` with a coded error. */
+  async start (): Promise<void> {
+    const { connectTimeout } = this.#options
+    let stage = 'connecting and listening'
+    const steps = async (): Promise<void> => {
+      await this.#listenSql.listen(this.#channel, (payload) => this.#onNotification(payload), () => this.#onListen())
+      // A pooler in transaction mode takes LISTEN and then delivers nothing; only a
+      // notification sent through another connection and received here proves it works.
+      stage = 'a notification it sent itself did not come back'
+      await this.#roundTrip()
+      stage = 'reading the session versions'
+      if (!await this.#sync.request()) throw this.#sync.lastError
+    }
+    try {
+      await withTimeout(steps(), connectTimeout, () => { throw new Error(`timed out ${stage}`) })
+    } catch (err) {
+      await this.close()
+      throw startError(err, stage, connectTimeout)
+    }
+    this.#every(this.#options.pollInterval, () => {
+      this.#versions.prune()
+      void this.#sync.request()
+    })
+    this.#every(this.#options.heartbeatInterval, () => this.#heartbeat())
+  }
+
+  status (): ListenerStatus {
+    const error = this.#sync.lastError as { code?: unknown, message?: unknown } | null
+    return {
+      listening: this.listening,
+      version: this.#versions.version,
+      lastNotificationAt: this.#lastNotificationAt?.toISOString() ?? null,
+      lastHeartbeatAt: this.#lastHeartbeatAt?.toISOString() ?? null,
+      lastSyncAt: this.#sync.lastSyncAt?.toISOString() ?? null,
+      lastSyncError: error === null ? null : { code: String(error.code ?? 'ERROR'), message: String(error.message ?? error) },
+      reconnects: this.#reconnects,
+      heartbeatMisses: this.#heartbeatMisses,
+      queueUsage: this.#sync.queueUsage,
+      userVersions: this.#versions.userCount
+    }
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    for (const timer of this.#timers) clearTimeout(timer)
+    clearTimeout(this.#heartbeatDeadline)
+    await Promise.all([this.#listenSql.end({ timeout: 0 }), this.#querySql.end({ timeout: 0 })])
+  }
+
+  /** Runs `task` every `ms`, jittered so that many instances spread out; unref'd, so it never keeps the process up. */
+  #every (ms: number, task: () => void): void {
+    const schedule = (): void => {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer)
+        if (this.#closed) return
+        task()
+        schedule()
+      }, jitter(ms)).unref()
+      this.#timers.add(timer)
+    }
+    schedule()
+  }
+
+  // postgres.js swallows a handler's synchronous throw and lets an async one crash
+  // the process, so none of these callbacks may throw or reject.
+
+  #onNotification (payload: string): void {
+    // Whatever came, it came through the LISTEN connection: the link works.
+    this.#lastProof = performance.now()
+    if (this.#pendingHeartbeat !== null) this.#heartbeatCameBack()
+    if (payload.startsWith('heartbeat:')) {
+      this.#lastHeartbeatAt = new Date()
+      this.#onToken?.(payload)
+      return
+    }
+    if (payload.startsWith('version:')) {
+      this.#lastNotificationAt = new Date()
+      // Only a hint: the read below decides. A hint of the value already held needs no read.
+      if (payload === `version:${this.#versions.version}`) return
+    }
+    void this.#sync.request()
+  }
+
+  #onListen (): void {
+    this.#listenUp = true
+    this.#generation++
+    this.#lastProof = performance.now()
+    // The first LISTEN is followed by start()'s own read; later ones are reconnects.
+    if (this.#listens++ === 0 || this.#closed) return
+    this.#reconnects++
+    this.#options.log.info({ reconnects: this.#reconnects }, 'session_version listener reconnected, catching up')
+    void this.#sync.request()
+  }
+
+  #linkLost (): void {
+    this.#listenUp = false
+    this.#generation++
+  }
+
+  #readEnded (startedGeneration: number, err: unknown): void {
+    if (err === null) {
+      this.#syncedGeneration = startedGeneration
+      return
+    }
+    this.#options.log.error({ err }, 'Could not re-read session_version; keeping version %d', this.#versions.version)
+  }
+
+  async #roundTrip (): Promise<void> {
+    const token = `heartbeat:${this.#instance}:start`
+    const arrived = new Promise<void>((resolve) => {
+      this.#onToken = (payload) => { if (payload === token) resolve() }
+    })
+    await this.#querySql`select pg_notify(${this.#channel}, ${token})`
+    await arrived
+    this.#onToken = null
+  }
+
+  #heartbeat (): void {
+    // Any notification within the interval already proved the link.
+    if (!this.#listenUp || this.#pendingHeartbeat !== null) return
+    if (performance.now() - this.#lastProof < this.#options.heartbeatInterval) return
+    const token = `heartbeat:${this.#instance}:${++this.#heartbeatsSent}`
+    this.#pendingHeartbeat = token
+    this.#heartbeatDeadline = setTimeout(() => this.#heartbeatMissed(), this.#options.heartbeatTimeout).unref()
+    this.#querySql`select pg_notify(${this.#channel}, ${token})`.catch((err: unknown) => {
+      this.#options.log.warn({ err }, 'Could not send the session_version heartbeat')
+    })
+  }
+
+  #heartbeatCameBack (): void {
+    clearTimeout(this.#heartbeatDeadline)
+    this.#pendingHeartbeat = null
+  }
+
+  #heartbeatMissed (): void {
+    this.#pendingHeartbeat = null
+    this.#heartbeatMisses++
+    this.#listenUp = false
+    this.#options.log.warn(
+      { heartbeatMisses: this.#heartbeatMisses, timeout: this.#options.heartbeatTimeout },
+      'session_version heartbeat did not come back; reconnecting the listener'
+    )
+    // Both connections may sit on the same dead link. Destroying them makes
+    // postgres.js reconnect, and the new LISTEN starts a read.
+    this.#listenSockets.destroyAll()
+    this.#querySockets.destroyAll()
+  }
+}
+
+/** What a failed start() throws: the coded error that says what to do. */
+function startError (err: unknown, stage: string, connectTimeout: number): Error {
+  const { code, message } = err as { code?: unknown, message?: unknown }
+  if (typeof code === 'string' && code.startsWith('FST_')) return err as Error
+  // 25006: "cannot execute LISTEN during recovery"
+  if (code === '25006') return new CannotListenError('the server is a standby (in recovery)', { cause: err })
+  if (stage.startsWith('a notification')) return new CannotListenError(`${stage} within ${connectTimeout} ms (is it a pooler in transaction mode?)`, { cause: err })
+  return new DatabaseUnavailableError(connectTimeout, String(message ?? err), { cause: err })
+}
+
+/** Several hosts (a failover list) must settle on the primary; a single host says itself what it is. */
+function hasSeveralHosts (connection: Connection): boolean {
+  if (typeof connection === 'object' && !(connection instanceof URL)) {
+    const host = connection.host ?? (connection as { hostname?: unknown }).hostname
+    return Array.isArray(host) ? host.length > 1 : typeof host === 'string' && host.includes(',')
+  }
+  const url = String(connection)
+  const hosts = url.slice(url.indexOf('://') + 3).split(/[/?]/)[0] ?? ''
+  return hosts.includes(',')
+}
+

@@ -1,0 +1,104 @@
+import { readdir, readFile } from 'node:fs/promises'
+import type { Sql, TransactionSql } from 'postgres'
+import { MissingTableError } from '../errors.js'
+import { parseVersionOrThrow } from './version.js'
+
+const sqlDir = new URL('../../sql/', import.meta.url)
+
+// Any number that is the same for every instance; with the schema's hash it
+// serialises concurrent migrations of one schema.
+const MIGRATION_LOCK = 4_242_001
+
+/** Where the plugin's tables live: one schema per tenant, `public` unless told otherwise. */
+export interface SchemaOption {
+  /** @default 'public' */
+  schema?: string
+}
+
+export const DEFAULT_SCHEMA = 'public'
+
+/** The SQL files, in the order they apply. */
+export async function migrationFiles (): Promise<string[]> {
+  return (await readdir(sqlDir)).filter((name) => name.endsWith('.sql')).sort()
+}
+
+/**
+ * Creates or upgrades the plugin's tables, triggers and functions in `schema`,
+ * and returns the files it applied (none when the schema is up to date).
+ *
+ * An up-to-date schema is only read: no DDL, no lock that a running app or ETL
+ * holds, and no right beyond SELECT on `session_refresh_migrations`, so an app
+ * role can run it at every start. Otherwise the files not applied yet run in
+ * one transaction, which needs the owner's rights.
+ */
+export async function migrate (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<string[]> {
+  const files = await migrationFiles()
+  if ((await pending(sql, schema, files)).length === 0) return []
+  return sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(${MIGRATION_LOCK}, hashtext(${schema}))`
+    // Give up rather than queue behind a long ETL, blocking every reader meanwhile.
+    await tx`set local lock_timeout = '10s'`
+    // Only when missing: CREATE SCHEMA needs a right on the database that a schema's owner may lack.
+    const [exists] = await tx`select 1 from pg_namespace where nspname = ${schema}`
+    if (exists === undefined) await tx`create schema ${tx(schema)}`
+    // Every unqualified name below lands in the schema, and every function keeps this path.
+    await tx`select set_config('search_path', ${quoteIdentifier(schema) + ', pg_temp'}, true)`
+    await tx`create table if not exists session_refresh_migrations (
+      name text primary key, applied_at timestamptz not null default now())`
+    // Read again under the lock: a concurrent migration may have applied some meanwhile.
+    const todo = await pending(tx, schema, files)
+    for (const file of todo) {
+      await tx.unsafe(await readFile(new URL(file, sqlDir), 'utf8'))
+      await tx`insert into session_refresh_migrations (name) values (${file})`
+    }
+    return todo
+  })
+}
+
+/** The files not applied yet to `schema`; every file when nothing was. */
+async function pending (sql: Sql | TransactionSql, schema: string, files: string[]): Promise<string[]> {
+  const [found] = await sql<{ table: string | null }[]>`
+    select to_regclass(${quoteIdentifier(schema) + '.session_refresh_migrations'})::text as table`
+  if (found?.table == null) return files
+  const applied = await sql<{ name: string }[]>`select name from ${sql(schema)}.session_refresh_migrations`
+  const done = new Set(applied.map((row) => row.name))
+  return files.filter((file) => !done.has(file))
+}
+
+/** Reads the current session version. Throws a coded error when it is missing or malformed. */
+export async function readSessionVersion (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<number> {
+  const rows = await withTableCheck(sql<{ value: string }[]>`
+    select value from ${sql(schema)}.system_settings where key = 'session_version'`)
+  if (rows[0] === undefined) throw new MissingTableError()
+  return parseVersionOrThrow(rows[0].value)
+}
+
+/**
+ * Gives the session version a new value, as an ETL does, and returns it. The
+ * trigger makes it at least the old value + 1 and at least the server clock in
+ * microseconds, so a value never repeats, even after a restore.
+ */
+export async function bumpSessionVersion (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<number> {
+  const rows = await withTableCheck(sql<{ value: string }[]>`
+    update ${sql(schema)}.system_settings set value = (value::bigint + 1)::text
+    where key = 'session_version' returning value`)
+  if (rows[0] === undefined) throw new MissingTableError()
+  return parseVersionOrThrow(rows[0].value)
+}
+
+/** Turns PostgreSQL's "undefined table" and "no session_version row" into the coded error that says to migrate. */
+export async function withTableCheck<T> (query: PromiseLike<T>): Promise<T> {
+  try {
+    return await query
+  } catch (err) {
+    // 42P01: undefined_table; P0002: the trigger's "system_settings has no session_version row".
+    const code = (err as { code?: unknown }).code
+    if (code === '42P01' || code === 'P0002') throw new MissingTableError()
+    throw err
+  }
+}
+
+/** A schema name as SQL text, for the few places that take a name as a value (search_path, to_regclass). */
+export function quoteIdentifier (name: string): string {
+  return `"${name.replaceAll('"', '""')}"`
+}

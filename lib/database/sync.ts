@@ -1,0 +1,153 @@
+import type { Sql } from 'postgres'
+import { MissingTableError, QueryTimeoutError } from '../errors.js'
+import { withTimeout } from '../timeout.js'
+import { quoteIdentifier, withTableCheck } from './migrate.js'
+import { parseVersionOrThrow } from './version.js'
+import type { ReadResult, UserRow, Versions } from './versions.js'
+
+export interface SyncOptions {
+  sql: Sql
+  schema: string
+  /** Milliseconds a session can live: older per-user changes are not read. */
+  lifetime: number
+  /** Milliseconds a read may take before its connection is dropped. */
+  timeout: number
+  versions: Versions
+  /** Drops the read's connection, so that a read stuck on a dead link fails and the next one reconnects. */
+  dropConnection: () => void
+  /** Told when a read starts; its answer comes back with `onReadEnd`. */
+  onReadStart: () => number
+  onReadEnd: (started: number, error: unknown) => void
+  /** The least time between the starts of two reads, so a flood of hints costs a bounded number of reads. */
+  spacing: number
+}
+
+interface StateRow {
+  version: string | null
+  logout_clock: string
+  generation: string
+  xmin: string
+  server_now: number
+  queue_usage: number
+  users: string
+}
+
+/**
+ * Reads the tables and applies what they say to `versions`: the global version,
+ * the logout clock and the users changed since the last read. One read at a
+ * time; callers that ask while one runs share the next one, which starts after
+ * it, so what they get is never older than their question.
+ */
+export class Sync {
+  readonly #options: SyncOptions
+  readonly #quotedSchema: string
+  #running: Promise<boolean> | null = null
+  #queued: Promise<boolean> | null = null
+  #lastStart = -Infinity
+  // Where the next read of per-user changes starts: the oldest transaction
+  // still open at the last read, so a change committed later by a long
+  // transaction is found, whichever role made it.
+  #readFromXid: bigint | null = null
+  // Changes when rows may have gone away (delete, truncate, restore): the next read is then full.
+  #generation: string | null = null
+  lastSyncAt: Date | null = null
+  lastError: unknown = null
+  queueUsage = 0
+
+  constructor (options: SyncOptions) {
+    this.#options = options
+    this.#quotedSchema = quoteIdentifier(options.schema)
+  }
+
+  /** A read that starts after this call; resolves true if it succeeded. Never rejects. */
+  request (): Promise<boolean> {
+    if (this.#queued !== null) return this.#queued
+    if (this.#running === null) return this.#start()
+    const queued = this.#running.then(async () => {
+      const wait = this.#lastStart + this.#options.spacing - performance.now()
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
+      this.#queued = null
+      return this.#start()
+    })
+    this.#queued = queued
+    return queued
+  }
+
+  #start (): Promise<boolean> {
+    this.#lastStart = performance.now()
+    const started = this.#options.onReadStart()
+    const run = this.#readAndApply().then(
+      () => {
+        this.lastError = null
+        this.#options.onReadEnd(started, null)
+        return true
+      },
+      (err: unknown) => {
+        this.lastError = err
+        this.#options.onReadEnd(started, err)
+        return false
+      })
+    this.#running = run
+    void run.then(() => { if (this.#running === run) this.#running = null })
+    return run
+  }
+
+  async #readAndApply (): Promise<void> {
+    const from = this.#readFromXid
+    let result = await this.#read(from)
+    if (from !== null && (result.generation !== this.#generation || result.xmin < from)) {
+      // Rows were deleted, the table was replaced, or the database went back in
+      // time (a point-in-time restore): only a full read shows what is there now.
+      result = await this.#read(null)
+    }
+    this.#options.versions.apply(result)
+    this.#readFromXid = result.xmin
+    this.#generation = result.generation
+    this.lastSyncAt = new Date()
+  }
+
+  async #read (fromXid: bigint | null): Promise<ReadResult & { xmin: bigint, generation: string }> {
+    const { sql, lifetime, timeout } = this.#options
+    const users = `${this.#quotedSchema}.session_user_versions`
+    const from = fromXid === null ? null : String(fromXid)
+    // One statement, so one snapshot: the version, the logout clock and the rows agree.
+    const query = sql<StateRow[]>`
+      select (select value from ${sql(this.#options.schema)}.system_settings where key = 'session_version') as version,
+             s.logout_seq::text as logout_clock,
+             s.users_epoch::text || ':' || to_regclass(${users})::oid::text || ':' || pg_relation_filenode(to_regclass(${users}))::text as generation,
+             pg_snapshot_xmin(pg_current_snapshot())::text as xmin,
+             (extract(epoch from now()) * 1000)::float8 as server_now,
+             pg_notification_queue_usage() as queue_usage,
+             coalesce((
+               select json_agg(json_build_array(u.user_id, u.version::text, u.logout_seq::text, u.keep_key,
+                                                (extract(epoch from u.updated_at) * 1000)::float8,
+                                                (case when u.logout_at > now() - ${lifetime} * interval '1 millisecond' then u.logout_version else 0 end)::text))
+               from ${sql(this.#options.schema)}.session_user_versions u
+               where u.updated_at > now() - ${lifetime} * interval '1 millisecond'
+                 and (${from}::xid8 is null or u.changed_xid >= ${from}::xid8)
+             ), '[]')::text as users
+      from ${sql(this.#options.schema)}.session_refresh_state s`
+    const rows = await withTimeout(withTableCheck(query), timeout, () => {
+      this.#options.dropConnection()
+      throw new QueryTimeoutError('reading the session versions', timeout)
+    })
+    const row = rows[0]
+    if (row === undefined || row.version === null) throw new MissingTableError()
+    this.queueUsage = row.queue_usage
+    return {
+      version: parseVersionOrThrow(row.version),
+      logoutClock: Number(row.logout_clock),
+      users: (JSON.parse(row.users) as UserTuple[]).map(toUserRow),
+      full: fromXid === null,
+      clockOffset: row.server_now - Date.now(),
+      xmin: BigInt(row.xmin),
+      generation: row.generation
+    }
+  }
+}
+
+type UserTuple = [userId: string, version: string, logoutSeq: string, keep: string | null, updatedAt: number, legacyLogoutVersion: string]
+
+function toUserRow ([userId, version, logoutSeq, keep, updatedAt, legacyLogoutVersion]: UserTuple): UserRow {
+  return { userId, version: Number(version), logoutSeq: Number(logoutSeq), keep, updatedAt, legacyLogoutVersion: Number(legacyLogoutVersion) }
+}

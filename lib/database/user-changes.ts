@@ -1,0 +1,63 @@
+import type { Sql } from 'postgres'
+import { ClosedError, QueryTimeoutError } from '../errors.js'
+import { withTimeout } from '../timeout.js'
+import { openConnection, type Connection } from './connection.js'
+import { withTableCheck } from './migrate.js'
+import { TrackedSockets } from './sockets.js'
+
+export interface UserChangesOptions {
+  connection: Connection
+  schema: string
+  connectTimeout: number
+  /** Milliseconds a change may take before its connection is dropped and the call fails. */
+  queryTimeout: number
+}
+
+/** What one change of a user left in the table. */
+export interface UserChange {
+  version: number
+  logoutSeq: number
+}
+
+/**
+ * Writes per-user changes (refreshUser, logoutUser). A connection of its own,
+ * opened on first use: on the listener's, a change waiting for a row lock would
+ * hold up the reads and the heartbeat. It has the listener's protections:
+ * keep-alive, tracked sockets that can be destroyed, and a bound on every call.
+ */
+export class UserChanges {
+  readonly #options: UserChangesOptions
+  readonly #sockets = new TrackedSockets()
+  #sql: Sql | undefined
+  #closed = false
+
+  constructor (options: UserChangesOptions) {
+    this.#options = options
+  }
+
+  /** Records a refresh, or a logout keeping the session whose key hashes to `keep`. */
+  async change (userId: string, logout: boolean, keep: string | null): Promise<UserChange> {
+    if (this.#closed) throw new ClosedError(logout ? 'the logout' : 'the refresh')
+    const sql = this.#sql ??= openConnection(this.#options.connection, {
+      max: 1,
+      idle_timeout: 30,
+      keep_alive: 10,
+      onnotice: () => {},
+      connect_timeout: Math.ceil(this.#options.connectTimeout / 1000)
+    }, this.#sockets)
+    const { schema, queryTimeout } = this.#options
+    const query = sql<Array<{ version: string, logout_seq: string }>>`
+      select version::text, logout_seq::text from ${sql(schema)}.session_change_user(${userId}, ${logout}, ${keep})`
+    // A dropped connection aborts the change if it had not committed; the caller may retry.
+    const [row] = await withTimeout(withTableCheck(query), queryTimeout, () => {
+      this.#sockets.destroyAll()
+      throw new QueryTimeoutError(logout ? 'logoutUser' : 'refreshUser', queryTimeout)
+    })
+    return { version: Number(row!.version), logoutSeq: Number(row!.logout_seq) }
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    await this.#sql?.end({ timeout: 1 })
+  }
+}

@@ -1,0 +1,89 @@
+import type { UserState, VersionView } from '../request/view.js'
+
+/** One row of session_user_versions as a read returns it. */
+export interface UserRow extends UserState {
+  userId: string
+  /** When the row was last written, by the server's clock (ms). */
+  updatedAt: number
+}
+
+/** What one read of the tables found. */
+export interface ReadResult {
+  version: number
+  logoutClock: number
+  users: UserRow[]
+  /** The rows are every row within one session lifetime, not only those changed since the last read. */
+  full: boolean
+  /** The server's clock minus this process's, in ms, for pruning by the server's clock. */
+  clockOffset: number
+}
+
+interface Entry extends UserState {
+  updatedAt: number
+  /** The read that last changed this entry. */
+  read: number
+}
+
+/**
+ * The versions this instance holds in memory. Only reads of the tables change
+ * them: a notification is a hint to read, never a value to apply, since any
+ * role that can connect can send one.
+ */
+export class Versions implements Omit<VersionView, 'catchUp'> {
+  version = 0
+  logoutClock = 0
+  readonly #users = new Map<string, Entry>()
+  readonly #lifetime: number
+  #reads = 0
+  #clockOffset = 0
+
+  constructor (lifetime: number) {
+    this.#lifetime = lifetime
+  }
+
+  get userCount (): number {
+    return this.#users.size
+  }
+
+  user (key: string): UserState | undefined {
+    return this.#users.get(key)
+  }
+
+  mark (): number {
+    return this.#reads
+  }
+
+  changedSince (key: string, mark: number): boolean {
+    return (this.#users.get(key)?.read ?? 0) > mark
+  }
+
+  /**
+   * The table is the truth: its values replace what was known, lower ones too
+   * (a restore). Reads are applied one at a time, in the order they started.
+   */
+  apply (result: ReadResult): void {
+    const read = ++this.#reads
+    const previous = result.full ? new Map(this.#users) : this.#users
+    if (result.full) this.#users.clear()
+    for (const { userId, updatedAt, ...state } of result.users) {
+      const known = previous.get(userId)
+      // An unchanged row (a full read) keeps the read that last changed it.
+      const same = known !== undefined && known.version === state.version && known.logoutSeq === state.logoutSeq && known.keep === state.keep
+      this.#users.set(userId, { ...state, updatedAt, read: same ? known.read : read })
+    }
+    this.version = result.version
+    this.logoutClock = result.logoutClock
+    this.#clockOffset = result.clockOffset
+  }
+
+  /**
+   * Forgets users changed more than one session lifetime ago, by the server's
+   * clock: no live session can have been authenticated before such a change.
+   */
+  prune (now = Date.now()): void {
+    const oldest = now + this.#clockOffset - this.#lifetime
+    for (const [key, { updatedAt }] of this.#users) {
+      if (updatedAt <= oldest) this.#users.delete(key)
+    }
+  }
+}

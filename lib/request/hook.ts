@@ -1,0 +1,234 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { ResolvedOptions } from '../options.js'
+import { identityKey } from './identity.js'
+import { sendToLogin, type LoginPage, type LoginReason } from './login.js'
+import type { RefreshOutcome, Refresher } from './refresher.js'
+import type { RouteFlags } from './routes.js'
+import type { SessionAdapter, SessionFields } from './sessions.js'
+import { HELD_IDS, asStamp, newLoginKey, storedIdentity, type SessionStamp } from './stamp.js'
+import { UNREAD, isAhead, logoutOf, staleReason } from './verdict.js'
+import type { VersionView } from './view.js'
+
+export interface HookDeps {
+  options: ResolvedOptions
+  view: VersionView
+  adapter: SessionAdapter
+  refresher: Refresher
+  login: LoginPage
+  /** Counts requests sent to log in because their session could not stay logged in. */
+  onLogout: () => void
+}
+
+export type SessionHook = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, route: RouteFlags) => void
+
+/** One request's session on the slow path. */
+interface Visit {
+  request: FastifyRequest
+  reply: FastifyReply
+  route: RouteFlags
+  session: SessionFields
+  identity: string | number | bigint
+  key: string
+}
+
+/**
+ * The `onRequest` check. For a fresh or logged-out session it is a few
+ * property reads and compares: no I/O and no promise. Everything
+ * else (a stale session, a forced logout, a login without stamp()) goes the
+ * slow way.
+ */
+export function createHook (deps: HookDeps): SessionHook {
+  const { options, view, adapter } = deps
+  const { identify, stampField, requiredFields } = options
+
+  return function sessionRefreshHook (request, reply, done, route) {
+    const session = adapter.sessionOf(request)
+    const identity = session === null ? null : identify(session, request)
+    if (identity == null) {
+      if (route.loginRequired && !route.loginRoute) sendToLogin(request, reply, deps.login, 'not-logged-in')
+      else done()
+      return
+    }
+    const stamp = asStamp(session!.get(stampField))
+    if (stamp !== null && sameIdentity(stamp.i, identity)) {
+      // The map key is only built when some user changed within one session lifetime.
+      const key = view.userCount === 0 ? '' : identityKey(identity)
+      if (logoutOf(stamp, key, view) === null && (!route.check || staleReason(session!, stamp, key, requiredFields, view) === null)) {
+        done()
+        return
+      }
+    }
+    new SlowPath(deps).run(request, reply, route, session!, identity, stamp).then((answered) => { if (!answered) done() }, done)
+  }
+}
+
+// Where 0.1.0 kept its stamp: the global version and the user's version.
+const LEGACY_FIELDS = ['sessionVersion', 'sessionUserVersion']
+
+/**
+ * A session stamped by 0.1.0 (before an upgrade) whose user was logged out
+ * after it, by 0.1.0's rule: its user version is below the user's last logout.
+ */
+function loggedOutUnder010 (session: SessionFields, key: string, view: VersionView): boolean {
+  if (session.get(LEGACY_FIELDS[0]!) === undefined || view.userCount === 0) return false
+  const stamped = session.get(LEGACY_FIELDS[1]!)
+  return (view.user(key)?.legacyLogoutVersion ?? 0) > (typeof stamped === 'number' ? stamped : 0)
+}
+
+/** A stamp keeps the identity as JSON can: a bigint id as its digits. */
+function sameIdentity (stamped: string | number, identity: unknown): boolean {
+  return stamped === identity || (typeof identity === 'bigint' && stamped === String(identity))
+}
+
+/** The session is stale, must log out, or has no stamp yet. Resolves true when it answered the request itself. */
+class SlowPath {
+  readonly #deps: HookDeps
+
+  constructor (deps: HookDeps) {
+    this.#deps = deps
+  }
+
+  async run (request: FastifyRequest, reply: FastifyReply, route: RouteFlags, session: SessionFields, identity: unknown, found: SessionStamp | null): Promise<boolean> {
+    const { view, options } = this.#deps
+    // Throws the coded error for an id that is not one (an object): a 500, never a shared key.
+    const visit: Visit = { request, reply, route, session, identity: identity as Visit['identity'], key: identityKey(identity) }
+    let stamp = found !== null && sameIdentity(found.i, identity) ? found : null
+    if (stamp === null) {
+      if (loggedOutUnder010(session, visit.key, view)) return this.#logOut(visit, 'user-logout')
+      stamp = this.#authenticateNow(visit)
+    }
+    let logout = logoutOf(stamp, visit.key, view)
+    if (logout?.out === true) return this.#logOut(visit, 'user-logout')
+    if (logout !== null) stamp = this.#write(session, { ...stamp, a: logout.kept })
+    if (!route.check) return this.#finish(visit)
+
+    let reason = staleReason(session, stamp, visit.key, options.requiredFields, view)
+    if (reason === null) return this.#finish(visit)
+    if (isAhead(stamp, visit.key, view)) {
+      // Another instance has read a change this one has not. If the catch-up
+      // fails, serve the session as it is rather than stamp it backwards.
+      if (!await view.catchUp(options.catchUpTimeout)) return this.#finish(visit)
+      logout = logoutOf(stamp, visit.key, view)
+      if (logout?.out === true) return this.#logOut(visit, 'user-logout')
+      reason = staleReason(session, stamp, visit.key, options.requiredFields, view)
+      if (reason === null) return this.#finish(visit)
+    }
+
+    request.log.info({ userId: visit.key, reason }, `Refreshing stale session for user: ${visit.key}`)
+    const outcome = await this.#deps.refresher.run(`${visit.key}\u0000${stamp.k}`, {
+      request,
+      session,
+      snapshot: () => ({ version: view.version, userVersion: view.user(visit.key)?.version ?? 0, mark: view.mark() }),
+      refresh: () => options.refresh(request.session, request)
+    })
+    return this.#apply(visit, stamp, reason, outcome)
+  }
+
+  /**
+   * A session whose identity has no stamp of its own: a login that did not
+   * call stamp(), or a session from before the plugin. It is authenticated now,
+   * at the logout clock this instance has read, and its data is read first.
+   */
+  #authenticateNow (visit: Visit): SessionStamp {
+    visit.request.log.debug({ userId: visit.key }, 'Stamping a logged-in session that has no stamp')
+    for (const field of LEGACY_FIELDS) if (visit.session.get(field) !== undefined) visit.session.set(field, undefined)
+    return this.#write(visit.session, {
+      v: UNREAD, u: 0, a: this.#deps.view.logoutClock, k: newLoginKey(), i: storedIdentity(visit.identity), h: []
+    })
+  }
+
+  async #apply (visit: Visit, stamp: SessionStamp, reason: string, outcome: RefreshOutcome): Promise<boolean> {
+    const { request, session, key } = visit
+    const { adapter, view, options } = this.#deps
+    if (!outcome.ok) {
+      if (outcome.reason === 'refresh-error') {
+        request.log.error({ userId: key, reason: outcome.reason, err: outcome.error }, `Could not refresh session for user: ${key}`)
+        if (options.onRefreshError === 'keep') return this.#finish(visit)
+      }
+      return this.#logOut(visit, outcome.reason)
+    }
+    // Never write into a session that the refresh replaced, or that another
+    // request (an app logout) destroyed meanwhile: saving it would bring it back.
+    if (adapter.sessionOf(request) !== session) return this.#failed(visit, new Error('refresh() replaced or destroyed the session'))
+    if (!await adapter.stillStored(request, session)) {
+      request.log.info({ userId: key }, `Session of user ${key} was logged out while it was refreshed`)
+      await this.#empty(visit)
+      return this.#finish(visit)
+    }
+    for (const [field, value] of Object.entries(outcome.fields)) session.set(field, value)
+    const identity = options.identify(session, request)
+    // A refresh that leaves no user behind has failed, whatever it returned.
+    if (identity == null) return this.#failed(visit, new Error('refresh() left the session without a user'))
+    let newKey: string
+    try {
+      newKey = identityKey(identity)
+    } catch (err) {
+      return this.#failed(visit, err)
+    }
+    const { snapshot } = outcome
+    // The user stamp belongs to the user the session now holds. For another id
+    // (an ETL renumbered the user), its version is the one known before the
+    // read, unless it moved during the read: then 0, and the next request refreshes again.
+    const userVersion = newKey === key
+      ? snapshot.userVersion
+      : view.changedSince(newKey, snapshot.mark) ? 0 : view.user(newKey)?.version ?? 0
+    const refreshed = this.#write(session, {
+      ...stamp,
+      v: snapshot.version,
+      u: userVersion,
+      i: storedIdentity(identity as Visit['identity']),
+      h: newKey === key ? stamp.h : [...stamp.h.filter((held) => held !== newKey && held !== key), key].slice(-HELD_IDS)
+    })
+    // A logout that landed while the refresh ran, of the old id or the new one.
+    if (logoutOf(refreshed, newKey, view)?.out === true) return this.#logOut({ ...visit, key: newKey }, 'user-logout')
+    request.log.info({ userId: key, reason }, `Successfully refreshed session for ${key}`)
+    return this.#finish(visit)
+  }
+
+  #failed (visit: Visit, err: unknown): Promise<boolean> {
+    visit.request.log.error({ userId: visit.key, reason: 'refresh-error', err }, `Could not refresh session for user: ${visit.key}`)
+    return this.#logOut(visit, 'refresh-error')
+  }
+
+  /** `loginRequired` is decided on the session as it is now, after any refresh. */
+  #finish ({ request, reply, route }: Visit): boolean {
+    if (!route.loginRequired || route.loginRoute) return false
+    const session = this.#deps.adapter.sessionOf(request)
+    if (session !== null && this.#deps.options.identify(session, request) != null) return false
+    sendToLogin(request, reply, this.#deps.login, 'not-logged-in')
+    return true
+  }
+
+  /**
+   * The one place that decides what a session that cannot stay logged in gets:
+   * nothing of it survives, and pages go to log in (302), APIs get a 401. A
+   * login route goes on with the empty session: it must work whatever the old
+   * session held.
+   */
+  async #logOut (visit: Visit, reason: LoginReason): Promise<boolean> {
+    visit.request.log.info({ userId: visit.key, reason }, `Falling back to login for user: ${visit.key}`)
+    this.#deps.onLogout()
+    await this.#empty(visit)
+    if (visit.route.loginRoute) return false
+    // The reply may still be on its way (the session store saves in onSend), so
+    // the handler must be skipped on our word, not on reply.sent.
+    sendToLogin(visit.request, visit.reply, this.#deps.login, reason)
+    return true
+  }
+
+  async #empty ({ request, key }: Visit): Promise<void> {
+    try {
+      await this.#deps.adapter.logOut(request)
+    } catch (err) {
+      // The store failed: save nothing at all. The old session stays where it
+      // was, and the next request is judged, and logged out, again.
+      request.log.error({ userId: key, err }, `Could not end the session of user ${key}`);
+      (request as { session: unknown }).session = null
+    }
+  }
+
+  #write (session: SessionFields, stamp: SessionStamp): SessionStamp {
+    session.set(this.#deps.options.stampField, stamp)
+    return stamp
+  }
+}
