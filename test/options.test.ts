@@ -2,43 +2,71 @@ import cookie from '@fastify/cookie'
 import session from '@fastify/session'
 import Fastify from 'fastify'
 import t from 'tap'
-import sessionRefresh, { type SessionRefreshOptions } from '../lib/index.js'
+import sessionRefresh, { errors, type SessionRefreshOptions } from '../lib/index.js'
 import { resolveOptions } from '../lib/options.js'
-import { SECRET } from './helpers/app.js'
+import { API, SECRET, buildApp, login } from './helpers/app.js'
+import { createDatabase } from './helpers/database.js'
 
 const valid = { connection: 'postgres://localhost/none', refresh: () => null }
 
+const MAX_TIMER = 2 ** 31 - 1
+const TIMERS = ['refreshTimeout', 'connectTimeout', 'queryTimeout', 'catchUpTimeout', 'heartbeatInterval', 'heartbeatTimeout', 'pollInterval'] as const
+
+const db = await createDatabase(t)
+
 t.test('defaults are filled in, and undefined means default', async (t) => {
-  const resolved = resolveOptions({ ...valid, loginUrl: undefined })
-  t.equal(resolved.identityField, 'id')
-  t.same(resolved.requiredFields, [])
-  t.equal(resolved.loginUrl, '/login')
-  t.equal(resolved.onRefreshError, 'logout')
-  t.equal(resolved.maxConcurrentRefreshes, 16)
-  t.equal(resolved.heartbeatInterval, 10_000)
-  t.equal(resolved.pollInterval, 30_000)
+  const { identify, ...resolved } = resolveOptions({ ...valid, loginUrl: undefined })
+  t.same(resolved, {
+    ...valid,
+    identityField: 'id',
+    requiredFields: [],
+    stampField: 'sessionRefresh',
+    loginUrl: '/login',
+    onRefreshError: 'logout',
+    maxConcurrentRefreshes: 16,
+    refreshTimeout: 10_000,
+    connectTimeout: 10_000,
+    queryTimeout: 5_000,
+    catchUpTimeout: 1_000,
+    heartbeatInterval: 10_000,
+    heartbeatTimeout: 5_000,
+    pollInterval: 30_000,
+    statusRoute: false,
+    sessionLifetime: 86_400_000,
+    schema: 'public'
+  })
+  const fields: Record<string, unknown> = { id: 7, uid: 8 }
+  const session = { get: (key: string) => fields[key] }
+  t.equal(identify(session as never, {} as never), 7, 'the user id is read from identityField')
+  t.equal(resolveOptions({ ...valid, identityField: 'uid' }).identify(session as never, {} as never), 8)
 })
 
-t.test('postgres.js options are accepted as the connection', async (t) => {
+t.test('postgres.js options and URL objects are accepted as the connection', async (t) => {
   t.same(resolveOptions({ ...valid, connection: { host: 'db' } }).connection, { host: 'db' })
+  const url = new URL('postgres://db.example/app')
+  t.equal(resolveOptions({ ...valid, connection: url }).connection, url)
 })
 
 t.test('bad options fail with a precise, coded message', async (t) => {
+  const timer = 'a whole number of milliseconds from 1 to 2147483647 \\(the longest timer Node runs\\)'
   const cases: Array<[Partial<SessionRefreshOptions> & Record<string, unknown>, RegExp]> = [
     [{ refresh: valid.refresh }, /the `connection` option is required/],
     [{ connection: valid.connection }, /the `refresh` option is required/],
-    [{ ...valid, connection: '' }, /expected `connection` to be a connection URL or postgres.js options, got '' \(string\)/],
+    [{ ...valid, connection: '' }, /expected `connection` to be a connection URL \(string or URL\) or postgres.js options, got '' \(string\)/],
     [{ ...valid, connection: ['x'] as unknown as string }, /got \[ 'x' \] \(object\)/],
     [{ ...valid, refresh: 'nope' as unknown as () => null }, /expected `refresh` to be a function/],
     [{ ...valid, identityField: '' }, /expected `identityField` to be a non-empty string/],
+    [{ ...valid, identityField: 'uid', identify: () => 1 }, /give `identityField` or `identify`, not both/],
     [{ ...valid, requiredFields: ['email', ''] }, /expected `requiredFields` to be an array of non-empty strings/],
     [{ ...valid, requiredFields: 'email' as unknown as string[] }, /got 'email' \(string\)/],
     [{ ...valid, loginUrl: null as unknown as string }, /expected `loginUrl` to be a non-empty string, got null \(null\)/],
     [{ ...valid, onRefreshError: 'ignore' as 'keep' }, /expected `onRefreshError` to be 'logout' or 'keep', got 'ignore'/],
     [{ ...valid, maxConcurrentRefreshes: 0 }, /expected `maxConcurrentRefreshes` to be a whole number from 1 up, got 0 \(number\)/],
-    [{ ...valid, heartbeatInterval: 1.5 }, /expected `heartbeatInterval` to be a whole number from 1 up, got 1.5/],
-    [{ ...valid, pollInterval: '30000' as unknown as number }, /expected `pollInterval` to be a whole number from 1 up, got '30000' \(string\)/],
+    [{ ...valid, heartbeatInterval: 1.5 }, new RegExp(`expected \`heartbeatInterval\` to be ${timer}, got 1.5 \\(number\\)`)],
+    [{ ...valid, pollInterval: '30000' as unknown as number }, new RegExp(`expected \`pollInterval\` to be ${timer}, got '30000' \\(string\\)`)],
     [{ ...valid, connectTimeout: 10n as unknown as number }, /got 10n \(bigint\)/],
+    [{ ...valid, sessionLifetime: 0 }, /expected `sessionLifetime` to be a whole number from 1 up, got 0/],
+    [{ ...valid, schema: 'x'.repeat(48) }, /expected `schema` to be a schema name of 1 to 47 bytes/],
     [{ ...valid, refesh: () => null }, /unknown option `refesh`; known options are connection, refresh/]
   ]
   for (const [options, message] of cases) {
@@ -46,6 +74,59 @@ t.test('bad options fail with a precise, coded message', async (t) => {
   }
   const error = (() => { try { resolveOptions({}) } catch (err) { return err } })()
   t.ok(error instanceof TypeError, 'a bad option is a TypeError')
+  t.ok(error instanceof errors.InvalidOptionError, 'of the exported class')
+})
+
+t.test('timer options above 2^31-1 ms are refused with a message that names the limit (issue 11.12)', async (t) => {
+  for (const name of TIMERS) {
+    t.throws(() => resolveOptions({ ...valid, [name]: MAX_TIMER + 1 }), {
+      code: 'FST_SESSION_REFRESH_INVALID_OPTION',
+      message: `fastify-session-refresh: expected \`${name}\` to be a whole number of milliseconds from 1 to 2147483647 (the longest timer Node runs), got 2147483648 (number)`
+    }, `${name}: 2^31`)
+    t.throws(() => resolveOptions({ ...valid, [name]: 30 * 86_400_000 }), { code: 'FST_SESSION_REFRESH_INVALID_OPTION' }, `${name}: 30 days`)
+    t.equal(resolveOptions({ ...valid, [name]: MAX_TIMER })[name], MAX_TIMER, `${name}: 2^31-1 is the longest accepted`)
+  }
+  // Not a timer: a session can live longer than Node can wait.
+  t.equal(resolveOptions({ ...valid, sessionLifetime: 30 * 86_400_000 }).sessionLifetime, 30 * 86_400_000, 'sessionLifetime may be 30 days')
+})
+
+t.test('a timer option above the limit fails register, before any connection is made (issue 11.12)', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cookie)
+  await app.register(session, { secret: SECRET })
+  app.register(sessionRefresh, { ...valid, connection: 'postgres://127.0.0.1:1/x', pollInterval: 30 * 86_400_000 })
+  await t.rejects(async () => { await app.ready() }, {
+    code: 'FST_SESSION_REFRESH_INVALID_OPTION',
+    message: /expected `pollInterval` to be a whole number of milliseconds from 1 to 2147483647/
+  })
+})
+
+t.test('timers at the limit and a 30-day sessionLifetime run as given: nothing fires early (issue 11.12)', async (t) => {
+  // connectTimeout has a test of its own, below.
+  const limits = Object.fromEntries(TIMERS.filter((name) => name !== 'connectTimeout').map((name) => [name, MAX_TIMER]))
+  const { app, refreshCalls } = await buildApp(t, {
+    url: db.url,
+    // A refresh that takes a while: a refreshTimeout that Node ran as a 1 ms timer would fail it.
+    refresh: async (s) => {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      return { email: `user${String(s.get('id'))}@example.com`, playerId: 1 }
+    },
+    plugin: { ...limits, sessionLifetime: 30 * 86_400_000 }
+  })
+  const cookie = await login(app, 5, { stamp: false })
+  const response = await app.inject({ url: '/me', headers: { cookie, ...API } })
+  t.equal(response.statusCode, 200)
+  t.match(response.json(), { id: 5, playerId: 1 })
+  t.same(refreshCalls, [5], 'refreshed once, and the refresh was not cut short')
+  t.match(app.sessionRefresh.status(), { refreshes: 1, refreshFailures: 0, heartbeatMisses: 0, listening: true })
+})
+
+t.test('connectTimeout at the limit (2^31-1 ms) connects: no connect timer fires early (issue 11.12)', async (t) => {
+  // postgres.js takes its connect_timeout in whole seconds; 2^31-1 ms rounded up
+  // to seconds is more than Node's longest timer.
+  const { app } = await buildApp(t, { url: db.url, plugin: { connectTimeout: MAX_TIMER } })
+  t.equal(app.sessionRefresh.status().listening, true)
 })
 
 t.test('a bad option fails register, before any connection is made', async (t) => {
@@ -60,9 +141,12 @@ t.test('a bad option fails register, before any connection is made', async (t) =
   })
 })
 
-t.test('registering without @fastify/session fails with a clear message', async (t) => {
+t.test('registering without a session plugin fails with a clear message', async (t) => {
   const app = Fastify()
   t.teardown(() => app.close())
   app.register(sessionRefresh, valid)
-  await t.rejects(async () => { await app.ready() }, /@fastify\/session/)
+  await t.rejects(async () => { await app.ready() }, {
+    code: 'FST_SESSION_REFRESH_NO_SESSION_PLUGIN',
+    message: /needs @fastify\/session or @fastify\/secure-session/
+  })
 })
