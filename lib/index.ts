@@ -31,6 +31,13 @@ export interface SessionRefreshDecorator {
   /** How the listener and the refreshes are doing. */
   status (): SessionRefreshStatus
   /**
+   * Reads the tables now, and resolves once this instance holds what they say
+   * (true), or once that failed or took longer than `queryTimeout` (false).
+   * For code that changed versions with its own SQL and must see the change
+   * applied here before it goes on.
+   */
+  catchUp (): Promise<boolean>
+  /**
    * Marks the request's session as authenticated now, with fresh data. Call it
    * in every login handler, after the user id is set (and after passport's
    * `request.logIn()`). A session whose user id has no stamp is stamped at its
@@ -86,9 +93,9 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
   const options = resolveOptions(rawOptions)
   const adapter = detectSessionPlugin(fastify)
   claimStampField(fastify, options.stampField)
-  const listener = new VersionListener({ ...options, log: fastify.log })
-  await listener.start()
   const changes = new UserChanges(options)
+  const listener = new VersionListener({ ...options, log: fastify.log, onLinkDead: () => changes.dropConnection() })
+  await listener.start()
   fastify.addHook('onClose', () => Promise.all([listener.close(), changes.close()]))
 
   const refresher = new Refresher({
@@ -110,6 +117,7 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       logouts,
       refreshesRunning: refresher.running
     }),
+    catchUp: () => listener.catchUp(options.queryTimeout),
     stamp: (request) => stampLogin(request, adapter, options, listener),
     async refreshUser (userId) {
       const { version } = await changes.change(identityKey(userId), false, null)

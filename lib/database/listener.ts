@@ -20,6 +20,8 @@ export interface ListenerOptions {
   pollInterval: number
   sessionLifetime: number
   log: FastifyBaseLogger
+  /** Told when a heartbeat did not come back: other connections on the same link are likely dead too. */
+  onLinkDead?: () => void
 }
 
 export interface ListenerStatus {
@@ -286,6 +288,7 @@ export class VersionListener implements VersionView {
     // postgres.js reconnect, and the new LISTEN starts a read.
     this.#listenSockets.destroyAll()
     this.#querySockets.destroyAll()
+    this.#options.onLinkDead?.()
   }
 }
 

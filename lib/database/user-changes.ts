@@ -56,6 +56,11 @@ export class UserChanges {
     return { version: Number(row!.version), logoutSeq: Number(row!.logout_seq) }
   }
 
+  /** Drops the connection, so that the next change connects anew (the link is known to be dead). */
+  dropConnection (): void {
+    this.#sockets.destroyAll()
+  }
+
   async close (): Promise<void> {
     this.#closed = true
     await this.#sql?.end({ timeout: 1 })
