@@ -10,6 +10,7 @@ import sessionRefresh, { safeRedirectPath, type SessionRefreshOptions } from '..
 import { leagueQueries, type LeagueQueries, type Player } from './db/queries.js'
 import { verifyPassword } from './db/passwords.js'
 import { leagueBody, loginBody, page, playerBody, type Frame } from './pages.js'
+import { refuseCrossSiteWrites } from './same-origin.js'
 
 declare module 'fastify' {
   interface Session {
@@ -64,6 +65,8 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     done(null, Object.fromEntries(new URLSearchParams(String(body))))
   })
 
+  // First of all hooks: a refused cross-site post never reaches the session.
+  app.addHook('onRequest', refuseCrossSiteWrites)
   await app.register(fastifyCookie)
   await app.register(fastifySession, {
     secret: options.sessionSecret,
