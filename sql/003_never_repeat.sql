@@ -50,6 +50,11 @@ BEGIN
     previous := OLD.value::bigint;
   END IF;
   NEW.value := greatest(NEW.value::bigint, session_refresh_next(previous))::text;
+  IF NEW.value::bigint > 9007199254740991 THEN
+    RAISE EXCEPTION 'session_version would pass 2^53 - 1, which no reader can read'
+      USING ERRCODE = 'check_violation',
+            HINT = 'A version this high cannot rise: set a lower one with SET session_replication_role = replica, as a restore would; the next bump then takes the clock again.';
+  END IF;
   NEW.updated_at := CURRENT_TIMESTAMP;
   RETURN NEW;
 END
@@ -91,6 +96,10 @@ CREATE OR REPLACE FUNCTION session_user_version_stamp() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
   NEW.version := greatest(NEW.version, session_refresh_next(CASE WHEN TG_OP = 'UPDATE' THEN OLD.version ELSE 0 END));
+  IF NEW.version > 9007199254740991 THEN
+    RAISE EXCEPTION 'session_user_versions.version would pass 2^53 - 1, which no reader can read'
+      USING ERRCODE = 'check_violation';
+  END IF;
   IF NEW.logout THEN
     UPDATE session_refresh_state SET logout_seq = session_refresh_next(logout_seq) RETURNING logout_seq INTO NEW.logout_seq;
     NEW.logout_version := NEW.version;
@@ -188,3 +197,11 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$ SELECT session_
 
 CREATE OR REPLACE FUNCTION session_logout_user(p_user_id TEXT) RETURNS BIGINT
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$ SELECT session_change_user(p_user_id, true) $$;
+
+-- The functions that write run with their owner's rights: only roles granted
+-- EXECUTE may call them (PostgreSQL grants it to PUBLIC by default). The app's
+-- role needs: GRANT EXECUTE ON FUNCTION session_change_user(text, boolean, text) TO app.
+REVOKE EXECUTE ON FUNCTION session_change_user(TEXT, BOOLEAN, TEXT) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION session_change_user(TEXT, BOOLEAN) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION session_refresh_user(TEXT) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION session_logout_user(TEXT) FROM PUBLIC;

@@ -32,6 +32,14 @@ export function openConnection (connection: Connection, settings: PostgresOption
     : postgres(options)
 }
 
+/**
+ * postgres.js takes whole seconds and runs the timer in milliseconds: at most
+ * 2147483 s, or Node fires the timer at once and every connect fails.
+ */
+export function connectTimeoutSeconds (ms: number): number {
+  return Math.min(Math.ceil(ms / 1000), Math.floor((2 ** 31 - 1) / 1000))
+}
+
 /** postgres.js reads `socket` from its options, but its types leave it out. */
 export type SocketFactory = (options: unknown) => unknown
 

@@ -5,7 +5,7 @@ import { CannotListenError, DatabaseUnavailableError } from '../errors.js'
 import type { UserState, VersionView } from '../request/view.js'
 import { jitter, withTimeout } from '../timeout.js'
 import { channelFor } from './channel.js'
-import { openConnection, type Connection } from './connection.js'
+import { connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
 import { TrackedSockets } from './sockets.js'
 import { Sync } from './sync.js'
 import { Versions } from './versions.js'
@@ -118,7 +118,7 @@ export class VersionListener implements VersionView {
   #connect (sockets: TrackedSockets): Sql {
     return openConnection(this.#options.connection, {
       max: 1,
-      connect_timeout: Math.ceil(this.#options.connectTimeout / 1000),
+      connect_timeout: connectTimeoutSeconds(this.#options.connectTimeout),
       keep_alive: 10,
       backoff,
       onnotice: () => {},

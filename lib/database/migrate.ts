@@ -33,7 +33,7 @@ export async function migrationFiles (): Promise<string[]> {
  */
 export async function migrate (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<string[]> {
   const files = await migrationFiles()
-  if ((await pending(sql, schema, files)).length === 0) return []
+  if ((await pending(sql, schema, files)).length === 0 && await rowsPresent(sql, schema)) return []
   return sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(${MIGRATION_LOCK}, hashtext(${schema}))`
     // Give up rather than queue behind a long ETL, blocking every reader meanwhile.
@@ -46,13 +46,41 @@ export async function migrate (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOpti
     await tx`create table if not exists session_refresh_migrations (
       name text primary key, applied_at timestamptz not null default now())`
     // Read again under the lock: a concurrent migration may have applied some meanwhile.
-    const todo = await pending(tx, schema, files)
+    // A table dropped since is made again by every file (they are idempotent).
+    const todo = await tablesPresent(tx) ? await pending(tx, schema, files) : files
     for (const file of todo) {
       await tx.unsafe(await readFile(new URL(file, sqlDir), 'utf8'))
       await tx`insert into session_refresh_migrations (name) values (${file})`
     }
+    // Rows deleted since (a TRUNCATE, a restore), as the missing-table error
+    // says to migrate. The trigger gives the version a value never given out before.
+    await tx`insert into system_settings (key, value, description)
+             values ('session_version', '1', 'Version number incremented after each ETL run') on conflict (key) do nothing`
+    await tx`insert into session_refresh_state default values on conflict do nothing`
     return todo
   })
+}
+
+/** Whether the rows every instance reads are there. */
+async function rowsPresent (sql: Sql, schema: string): Promise<boolean> {
+  try {
+    const [row] = await sql<Array<{ present: boolean }>>`
+      select exists (select 1 from ${sql(schema)}.system_settings where key = 'session_version')
+         and exists (select 1 from ${sql(schema)}.session_refresh_state) as present`
+    return row!.present
+  } catch (err) {
+    // 42P01: a table was dropped; the migration makes it again.
+    if ((err as { code?: unknown }).code === '42P01') return false
+    throw err
+  }
+}
+
+/** Whether every table is there, in the schema search_path points at. */
+async function tablesPresent (tx: TransactionSql): Promise<boolean> {
+  const [row] = await tx<Array<{ present: boolean }>>`
+    select to_regclass('system_settings') is not null and to_regclass('session_user_versions') is not null
+       and to_regclass('session_refresh_state') is not null as present`
+  return row!.present
 }
 
 /** The files not applied yet to `schema`; every file when nothing was. */

@@ -1,7 +1,7 @@
 import type { Sql } from 'postgres'
 import { ClosedError, QueryTimeoutError } from '../errors.js'
 import { withTimeout } from '../timeout.js'
-import { openConnection, type Connection } from './connection.js'
+import { connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
 import { withTableCheck } from './migrate.js'
 import { TrackedSockets } from './sockets.js'
 
@@ -43,7 +43,7 @@ export class UserChanges {
       idle_timeout: 30,
       keep_alive: 10,
       onnotice: () => {},
-      connect_timeout: Math.ceil(this.#options.connectTimeout / 1000)
+      connect_timeout: connectTimeoutSeconds(this.#options.connectTimeout)
     }, this.#sockets)
     const { schema, queryTimeout } = this.#options
     const query = sql<Array<{ version: string, logout_seq: string }>>`
