@@ -18,12 +18,14 @@ import postgres, { type Sql } from 'postgres'
 import { bumpSessionVersion, migrate } from '../lib/index.js'
 import { startServer, stopServer, type ServerInfo } from '../test/setup/server.js'
 import { forkChild, type Child, type ChildEvent } from './child.js'
+import { runScale, withScaleSection } from './scale.js'
 import { Client, eachLimited, median, percentile } from './http.js'
 import { MAX_CONCURRENT_REFRESHES, POOL_SIZE, SERVER_KINDS, type Counters, type ServerKind } from './server-kinds.js'
 
 const quick = process.argv.includes('--quick')
 // `--only=storm,memory` runs some sections, for profiling; it prints the table but leaves RESULTS.md alone.
-const SECTIONS = ['throughput', 'invalidation', 'propagation', 'storm', 'memory'] as const
+// `scale` (bench/scale.ts) runs only when named, with clusters of its own, and writes its own section of RESULTS.md.
+const SECTIONS = ['throughput', 'invalidation', 'propagation', 'storm', 'memory', 'scale'] as const
 const onlyArg = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',')
 for (const name of onlyArg ?? []) if (!(SECTIONS as readonly string[]).includes(name)) throw new Error(`--only: unknown section ${name}; known: ${SECTIONS.join(', ')}`)
 const runs = (section: typeof SECTIONS[number]): boolean => onlyArg === undefined || onlyArg.includes(section)
@@ -773,6 +775,10 @@ ${r.propagation.map((p) => `| ${p.instances} | ${p.mode} | ${p.bumps} | ${ms2(p.
 // ---------------------------------------------------------------- main
 
 async function main (): Promise<void> {
+  if (onlyArg?.includes('scale')) {
+    await runScale(process.argv.slice(2))
+    if (onlyArg.length === 1) return
+  }
   const loadBefore = os.loadavg()
   log(process.env.DATABASE_URL ? 'using DATABASE_URL' : 'starting PostgreSQL')
   const server = await startServer()
@@ -820,7 +826,7 @@ async function main (): Promise<void> {
     const list = rows(results)
     console.log(table(list))
     if (onlyArg === undefined) {
-      await writeFile(RESULTS_FILE, markdown(results, list))
+      await writeFile(RESULTS_FILE, await withScaleSection(markdown(results, list)))
       log(`wrote ${RESULTS_FILE.pathname}`)
     }
   } finally {
