@@ -18,7 +18,13 @@ const db = await createDatabase(t)
 function sampleValues (read: () => number): { values: Set<number>, stop: () => void } {
   const values = new Set<number>([read()])
   const timer = setInterval(() => values.add(read()), 1)
-  return { values, stop: () => clearInterval(timer) }
+  return {
+    values,
+    stop: () => {
+      clearInterval(timer)
+      values.add(read())
+    }
+  }
 }
 
 /** Notifications on `channel` seen by a LISTEN of the test's own, with when they came. */

@@ -6,6 +6,7 @@ import sessionRefresh, { errors, type SessionRefreshOptions } from '../lib/index
 import { resolveOptions } from '../lib/options.js'
 import { API, SECRET, buildApp, login } from './helpers/app.js'
 import { createDatabase } from './helpers/database.js'
+import { FaultyProxy } from './helpers/proxy.js'
 
 const valid = { connection: 'postgres://localhost/none', refresh: () => null }
 
@@ -124,9 +125,15 @@ t.test('timers at the limit and a 30-day sessionLifetime run as given: nothing f
 
 t.test('connectTimeout at the limit (2^31-1 ms) connects: no connect timer fires early (issue 11.12)', async (t) => {
   // postgres.js takes its connect_timeout in whole seconds; 2^31-1 ms rounded up
-  // to seconds is more than Node's longest timer.
-  const { app } = await buildApp(t, { url: db.url, plugin: { connectTimeout: MAX_TIMER } })
+  // to seconds is more than Node's longest timer. A link with 20 ms of latency
+  // makes every connection take longer than the 1 ms such a timer really waits.
+  const proxy = await FaultyProxy.start(db.url)
+  t.teardown(() => proxy.close())
+  proxy.latency = 20
+  const { app } = await buildApp(t, { url: proxy.url(db.url), plugin: { connectTimeout: MAX_TIMER } })
   t.equal(app.sessionRefresh.status().listening, true)
+  t.equal(await app.sessionRefresh.refreshUser('11.12'), Number((await db.sql`select version::text from session_user_versions where user_id = '11.12'`)[0]!.version),
+    'and so does the connection for per-user changes')
 })
 
 t.test('a bad option fails register, before any connection is made', async (t) => {

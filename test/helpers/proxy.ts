@@ -101,6 +101,8 @@ export class FaultyProxy {
   readonly #links: Link[] = []
   readonly #watches: Array<{ text: string, hold: 'request' | 'response', from: string | undefined, found: (link: Link) => void }> = []
   swallow = false
+  /** Milliseconds every chunk from the server waits before it goes on (in order): a slow link. */
+  latency = 0
   port = 0
 
   constructor (target: { host: string, port: number }) {
@@ -126,7 +128,10 @@ export class FaultyProxy {
         }
         link.toServer(chunk)
       })
-      upstream.on('data', (chunk) => link.fromServer(chunk))
+      upstream.on('data', (chunk) => {
+        if (this.latency > 0) setTimeout(() => link.fromServer(chunk), this.latency)
+        else link.fromServer(chunk)
+      })
       const close = (): void => {
         if (link.holed) return // a black hole never tells anyone
         client.destroy()
