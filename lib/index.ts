@@ -94,7 +94,15 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
   const adapter = detectSessionPlugin(fastify)
   claimStampField(fastify, options.stampField)
   const changes = new UserChanges(options)
-  const listener = new VersionListener({ ...options, log: fastify.log, onLinkDead: () => changes.dropConnection() })
+  const listener = new VersionListener({
+    ...options,
+    // Fastify gives up on a plugin after its pluginTimeout (10 s by default, like
+    // connectTimeout), and then never runs the plugin's onClose: give up first,
+    // and close what was opened.
+    startTimeout: Math.min(options.connectTimeout, Math.floor(0.9 * (fastify.initialConfig.pluginTimeout || Infinity))),
+    log: fastify.log,
+    onLinkDead: () => changes.dropConnection()
+  })
   await listener.start()
   fastify.addHook('onClose', () => Promise.all([listener.close(), changes.close()]))
 

@@ -14,6 +14,8 @@ export interface ListenerOptions {
   connection: Connection
   schema: string
   connectTimeout: number
+  /** Milliseconds start() may take in all; connectTimeout unless told otherwise. */
+  startTimeout?: number
   queryTimeout: number
   heartbeatInterval: number
   heartbeatTimeout: number
@@ -142,9 +144,9 @@ export class VersionListener implements VersionView {
     return this.#listenUp && !this.#closed && this.#sync.lastError === null && this.#syncedGeneration === this.#generation
   }
 
-  /** Resolves once LISTEN delivers and the tables were read, or fails within `connectTimeout` with a coded error. */
+  /** Resolves once LISTEN delivers and the tables were read, or fails within `startTimeout` with a coded error. */
   async start (): Promise<void> {
-    const { connectTimeout } = this.#options
+    const connectTimeout = this.#options.startTimeout ?? this.#options.connectTimeout
     let stage = 'connecting and listening'
     const steps = async (): Promise<void> => {
       await this.#listenSql.listen(this.#channel, (payload) => this.#onNotification(payload), () => this.#onListen())
@@ -189,6 +191,10 @@ export class VersionListener implements VersionView {
     for (const timer of this.#timers) clearTimeout(timer)
     clearTimeout(this.#heartbeatDeadline)
     await Promise.all([this.#listenSql.end({ timeout: 0 }), this.#querySql.end({ timeout: 0 })])
+    // postgres.js only half-closes a socket that is still connecting; a server
+    // that never answers would keep it open.
+    this.#listenSockets.destroyAll()
+    this.#querySockets.destroyAll()
   }
 
   /** Runs `task` every `ms`, jittered so that many instances spread out; unref'd, so it never keeps the process up. */

@@ -64,5 +64,6 @@ export class UserChanges {
   async close (): Promise<void> {
     this.#closed = true
     await this.#sql?.end({ timeout: 1 })
+    this.#sockets.destroyAll()
   }
 }

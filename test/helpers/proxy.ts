@@ -109,6 +109,8 @@ export class FaultyProxy {
     this.#server = net.createServer((client) => {
       client.on('error', () => {})
       if (this.swallow) {
+        // Read and drop what the client sends: only then does its close reach us.
+        client.resume()
         const link = new Link(client, client)
         link.holed = true
         this.#links.push(link)
