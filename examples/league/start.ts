@@ -1,10 +1,11 @@
 // `npm start`: the league example on http://localhost:3000 (PORT to change it).
-// Without DATABASE_URL it runs, or reuses, an embedded PostgreSQL kept in .data/.
+// Without DATABASE_URL it runs, or reuses, an embedded PostgreSQL kept in .data/
+// (LEAGUE_PG_PORT and LEAGUE_PG_DATA to move it), and stops it on Ctrl-C.
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import { buildApp } from './app.js'
 import { DATA_DIR, readDataSet } from './db/data-set.js'
-import { startEmbedded, type EmbeddedDatabase } from './db/embedded.js'
+import { EmbeddedStartError, startEmbedded, type EmbeddedDatabase } from './db/embedded.js'
 import { DEMO_PASSWORD, describeImport, importDataSet } from './db/import.js'
 import { migrateLeague } from './db/schema.js'
 
@@ -18,7 +19,7 @@ const say = (line: string) => console.log(`[league] ${line}`)
 
 const database: EmbeddedDatabase = process.env.DATABASE_URL !== undefined && process.env.DATABASE_URL !== ''
   ? { url: process.env.DATABASE_URL, owned: false, stop: async () => {} }
-  : await startEmbedded(say)
+  : await startEmbedded(say).catch(exitOnStartError)
 
 try {
   const sql = postgres(database.url, { max: 1, onnotice: () => {} })
@@ -42,18 +43,23 @@ const app = await buildApp({
   demoLogin: `${DEMO_EMAIL} / ${DEMO_PASSWORD}`
 })
 
-let stopping = false
-async function stop (signal: string): Promise<void> {
-  if (stopping) return
-  stopping = true
-  app.log.info({ signal }, 'Shutting down')
-  // The app first: it ends its listener and session pool while the database is still up.
-  await app.close()
-  await database.stop()
+let stopping: Promise<void> | undefined
+/** The one shutdown: every later call, and every later signal, waits for the same one. */
+function stop (signal: string): Promise<void> {
+  stopping ??= (async () => {
+    app.log.info({ signal }, 'Shutting down')
+    // The app first: it ends its listener and session pool while the database is still up.
+    await app.close()
+    await database.stop()
+  })()
+  return stopping
 }
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  // `on`, not `once`: tsx may relay a second copy of the signal, and a process with
-  // no listener left for it exits at once, before the database is stopped.
+  // A second copy of the signal is common: Ctrl-C reaches both tsx and this process,
+  // and tsx relays its copy when this process has not told it within 30 ms that it
+  // got one. That copy must wait for the shutdown under way: exiting on it used to
+  // end the process before PostgreSQL was stopped. (`on`, not `once`: a process with
+  // no listener left for the signal exits at once.)
   process.on(signal, () => {
     stop(signal).then(() => process.exit(0), (err: unknown) => {
       console.error(err)
@@ -71,3 +77,10 @@ try {
 say(`Tennis league on http://localhost:${port}`)
 say(`Demo login: ${DEMO_EMAIL} / ${DEMO_PASSWORD}`)
 say('Run `npm run etl` in another terminal to import next week\'s data, then click around.')
+
+/** A reason not to start, such as another clone's server on the port: one line, exit code 1. */
+function exitOnStartError (err: unknown): never {
+  if (!(err instanceof EmbeddedStartError)) throw err
+  console.error(`[league] ${err.message}`)
+  process.exit(1)
+}
