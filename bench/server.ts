@@ -17,6 +17,8 @@ declare module 'fastify' {
   interface Session {
     id?: number | null
     name?: string
+    /** Server C's own stamp: the version it read at the last refresh. */
+    sessionVersion?: number
   }
 }
 
@@ -129,7 +131,7 @@ app.get('/hello', async () => ({ hello: 'world' }))
 app.get('/me', async (request) => ({
   id: request.session.get('id') ?? null,
   name: request.session.get('name') ?? null,
-  sessionVersion: request.session.get('sessionVersion') ?? null
+  sessionVersion: request.session.get('sessionRefresh')?.v ?? request.session.get('sessionVersion') ?? null
 }))
 
 await app.listen({ host: '127.0.0.1', port: 0 })
