@@ -85,7 +85,7 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
 
   const frame = (request: FastifyRequest, user: Frame['user']): Frame => ({
     user,
-    sessionVersion: request.session.get('sessionVersion') ?? null,
+    sessionVersion: request.session.get('sessionRefresh')?.v ?? null,
     serverVersion: app.sessionRefresh.version,
     server: serverName
   })
@@ -150,7 +150,8 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     return reply.redirect(next, 303)
   })
 
-  app.post('/logout', async (request, reply) => {
+  // A logout needs no fresh data, and must not wait for a refresh.
+  app.post('/logout', { config: { sessionRefresh: false } }, async (request, reply) => {
     await request.session.destroy()
     return reply.redirect('/login?reason=logged-out', 303)
   })
@@ -189,7 +190,7 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
       leagueId: found.league.id,
       league: found.league.name,
       playerLeagueId: found.player.leagueId,
-      sessionVersion: request.session.get('sessionVersion') ?? null,
+      sessionVersion: request.session.get('sessionRefresh')?.v ?? null,
       serverVersion: app.sessionRefresh.version
     }
   })
