@@ -202,12 +202,11 @@ const stopCases: Array<{ target: Target, signal: NodeJS.Signals, why: string, en
   { target: 'tsx', signal: 'SIGINT', why: 'tsx relays it to the app' },
   { target: 'app', signal: 'SIGINT', why: 'the app alone' },
   // npm relays SIGINT and SIGTERM to the shell that runs the script. Debian's dash
-  // keeps SIGINT until its command ends, and dies of SIGTERM without passing it on,
-  // so on this machine a signal to npm alone reaches tsx only through a shell that
-  // execs the command, as bash does (see examples/league/README.md).
-  { target: 'npm', signal: 'SIGINT', why: 'npm relays it, through bash', env: { npm_config_script_shell: 'bash' } },
+  // would keep SIGINT until its command ends, and die of SIGTERM without passing it
+  // on; the script `exec`s tsx, so the signal goes straight to tsx.
+  { target: 'npm', signal: 'SIGINT', why: 'npm relays it to tsx' },
   { target: 'group', signal: 'SIGTERM', why: 'kill -TERM of the whole job' },
-  { target: 'npm', signal: 'SIGTERM', why: 'npm relays it, through bash', env: { npm_config_script_shell: 'bash' } },
+  { target: 'npm', signal: 'SIGTERM', why: 'npm relays it to tsx' },
   // Nothing handles SIGHUP: npm, tsx and the app die of it, and the guard stops the server.
   { target: 'group', signal: 'SIGHUP', why: 'the terminal closed' }
 ]
