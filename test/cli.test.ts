@@ -2,20 +2,30 @@ import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import type { Sql } from 'postgres'
 import t, { type Test } from 'tap'
-import { describeError, EXIT_FAILED, EXIT_OK, EXIT_USAGE, HELP, main, processIo } from '../lib/cli.js'
-import { formatAge, formatStatus, type DatabaseStatus } from '../lib/cli-status.js'
-import { readSessionVersion } from '../lib/index.js'
-import { APPLICATION_NAME } from '../lib/listener.js'
+import { describeError, EXIT_FAILED, EXIT_OK, EXIT_USAGE, HELP, main, processIo } from '../lib/cli/cli.js'
+import { formatAge, formatStatus, type DatabaseStatus } from '../lib/cli/status.js'
+import { APPLICATION_NAME } from '../lib/database/connection.js'
+import { bumpSessionVersion, readSessionVersion } from '../lib/index.js'
 import { buildApp } from './helpers/app.js'
 import { captureIo, runCli, startCli, waitForOutput, type CliResult } from './helpers/cli.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { freePort } from './helpers/free-port.js'
+import { appGrants, createRole } from './helpers/roles.js'
 
-/** One line on stderr, nothing that looks like a stack frame. */
+// A bound for waits: far above what they take, on a loaded 2-core machine.
+const WAIT = 30_000
+// This file creates many databases (and processes); on a loaded machine that can take minutes.
+t.setTimeout(300_000)
+
+const ETL_UPDATE = "UPDATE system_settings SET value = (value::bigint + 1)::text WHERE key = 'session_version'"
+const NOT_MIGRATED = 'session-refresh: the system_settings table or its session_version row is missing: run `session-refresh migrate` first\n'
+
+/** Exactly one line on stderr, matching `pattern`, and nothing that looks like a stack frame. */
 function assertOneLineError (t: Test, result: { stderr: string }, pattern: RegExp): void {
   t.match(result.stderr, pattern)
   t.notMatch(result.stderr, /^\s+at /m, 'no stack trace')
-  t.equal(result.stderr.trimEnd().split('\n').filter((line) => !line.startsWith('Run `session-refresh --help`')).length, 1, 'one line')
+  t.equal(result.stderr.split('\n').length, 2, `one line: ${JSON.stringify(result.stderr)}`)
+  t.ok(result.stderr.endsWith('\n'), 'ended by a newline')
 }
 
 /** What migrate applies: every file in sql/, in name order. */
@@ -23,6 +33,16 @@ async function sqlFiles (): Promise<string[]> {
   return (await readdir(new URL('../sql/', import.meta.url))).filter((name) => name.endsWith('.sql')).sort()
 }
 
+/** What `migrate` prints when it applies every file to `schema`. */
+async function appliedLines (schema: string): Promise<string> {
+  return (await sqlFiles()).map((file) => `applied ${file} to schema ${schema}\n`).join('')
+}
+
+/** The server's clock in microseconds, as the trigger reads it. */
+async function serverMicros (sql: Sql): Promise<number> {
+  const [row] = await sql<[{ now: string }]>`select (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as now`
+  return Number(row.now)
+}
 
 /** Ends the backends of `applicationName` on `sql`'s database that LISTEN; returns how many. */
 async function terminateListeners (sql: Sql, applicationName: string): Promise<number> {
@@ -41,21 +61,50 @@ async function setMalformedVersion (sql: Sql, value: string): Promise<void> {
   })
 }
 
+/** The schema's relations and functions: what a migration would have left there. */
+async function objectsIn (sql: Sql, schema: string): Promise<number> {
+  const [row] = await sql<[{ count: number }]>`
+    select (select count(*) from pg_class where relnamespace = ${schema}::regnamespace)::int
+         + (select count(*) from pg_proc where pronamespace = ${schema}::regnamespace)::int as count`
+  return row.count
+}
+
 t.test('as a real process', async (t) => {
   t.test('--help lists every command with an example, exit 0', async (t) => {
     const result = await runCli(['--help'])
     t.equal(result.code, 0)
     t.equal(result.stderr, '')
+    t.equal(result.stdout, HELP)
     for (const example of ['session-refresh migrate --url', 'session-refresh bump', 'session-refresh status --json', 'session-refresh watch']) {
       t.match(result.stdout, example)
     }
   })
 
-  t.test('an unknown command: one line, exit 2', async (t) => {
-    const result = await runCli(['frobnicate'], { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' })
-    t.equal(result.code, 2)
-    t.equal(result.stdout, '')
-    assertOneLineError(t, result, /^session-refresh: unknown command `frobnicate`; the commands are migrate, bump, status, watch\n/)
+  t.test('11.15: every usage error is one line on stderr, exit 2', async (t) => {
+    const db = 'postgres://nobody@127.0.0.1:1/none'
+    const cases: Array<[string, string[], Record<string, string>, string]> = [
+      ['an unknown command', ['frobnicate'], { DATABASE_URL: db },
+        'unknown command `frobnicate`; the commands are migrate, bump, status, watch'],
+      ['no command', [], { DATABASE_URL: db }, 'missing a command: migrate, bump, status, watch'],
+      ['an extra argument', ['status', 'now'], { DATABASE_URL: db }, 'unexpected argument `now`'],
+      ['--json on bump', ['bump', '--json'], { DATABASE_URL: db }, '--json applies to `status` only'],
+      ['no database', ['status'], {}, 'no database: pass --url <postgres url> or set DATABASE_URL'],
+      ['a URL that cannot be parsed', ['status', '--url', 'not a url'], {}, 'the database URL cannot be parsed (Invalid URL)'],
+      ['an empty --schema', ['status', '--schema', ''], { DATABASE_URL: db }, '--schema takes a schema name of 1 to 47 bytes'],
+      ['a --schema too long for a channel name', ['bump', '--schema', 'x'.repeat(48)], { DATABASE_URL: db },
+        '--schema takes a schema name of 1 to 47 bytes'],
+      ['--schema without a value', ['migrate', '--schema'], { DATABASE_URL: db }, "Option '--schema <value>' argument missing"],
+      ['an unknown option', ['status', '--verbose'], { DATABASE_URL: db },
+        'Unknown option \'--verbose\'. To specify a positional argument starting with a \'-\', place it at the end of the command after \'--\', as in \'-- "--verbose"']
+    ]
+    // In parallel: each is a process of its own, and none reaches a database.
+    const results = await Promise.all(cases.map(([, argv, env]) => runCli(argv, env)))
+    cases.forEach(([what, , , message], i) => {
+      const result = results[i]!
+      t.equal(result.code, EXIT_USAGE, what)
+      t.equal(result.stdout, '', what)
+      t.equal(result.stderr, `session-refresh: ${message} (see session-refresh --help)\n`, what)
+    })
   })
 
   t.test('an unreachable server: one line, exit 1', async (t) => {
@@ -66,32 +115,36 @@ t.test('as a real process', async (t) => {
     assertOneLineError(t, result, /^session-refresh: cannot reach the database: .*ECONNREFUSED/)
   })
 
-  t.test('a missing table suggests migrate, exit 1; migrate creates it and says so', async (t) => {
+  t.test('a missing table suggests migrate, exit 1; migrate creates it and says which schema', async (t) => {
     const db = await createDatabase(t, { migrated: false })
     for (const command of ['status', 'bump', 'watch']) {
       const result = await runCli([command, '--url', db.url])
       t.equal(result.code, 1, command)
-      assertOneLineError(t, result, /^session-refresh: the system_settings table .* is missing: run `session-refresh migrate` first\n$/)
+      t.equal(result.stdout, '', command)
+      t.equal(result.stderr, NOT_MIGRATED, command)
     }
 
     const first = await runCli(['migrate'], { DATABASE_URL: db.url })
-    t.equal(first.code, 0)
-    const applied = (await sqlFiles()).map((file) => `applied ${file}\n`).join('')
-    t.equal(first.stdout, `${applied}created system_settings; session_version is 1\n`)
+    t.equal(first.code, 0, first.stderr)
+    t.equal(first.stdout, `${await appliedLines('public')}schema public is migrated; session_version is 1\n`)
     t.equal(await readSessionVersion(db.sql), 1)
-    await db.sql`update system_settings set value = '5' where key = 'session_version'`
+    const bumped = await bumpSessionVersion(db.sql)
     const again = await runCli(['migrate'], { DATABASE_URL: db.url })
-    t.equal(again.code, 0)
-    t.equal(again.stdout, `${applied}system_settings was already there; session_version stays 5\n`)
+    t.equal(again.code, 0, again.stderr)
+    t.equal(again.stdout, `schema public is up to date; session_version is ${bumped}\n`, 'nothing applied; the version kept')
+    t.equal(await readSessionVersion(db.sql), bumped)
   })
 
-  t.test('bump raises the version by one and prints it', async (t) => {
+  t.test('bump gives a new version (at least old + 1, at least the server clock in µs) and prints it', async (t) => {
     const db = await createDatabase(t)
+    const from = await serverMicros(db.sql)
     const result = await runCli(['bump'], { DATABASE_URL: db.url })
+    const to = await serverMicros(db.sql)
     t.equal(result.code, 0)
     t.equal(result.stderr, '')
-    t.equal(result.stdout, 'session_version is now 2\n')
-    t.equal(await readSessionVersion(db.sql), 2)
+    const version = await readSessionVersion(db.sql)
+    t.equal(result.stdout, `session_version is now ${version}\n`)
+    t.ok(version >= from && version <= to, `the clock at the bump: ${from} <= ${version} <= ${to}`)
   })
 
   t.test('a value that is not an integer: one line, exit 1', async (t) => {
@@ -114,6 +167,7 @@ t.test('as a real process', async (t) => {
     const json = await runCli(['status', '--json', '--url', db.url])
     t.equal(json.code, 0, json.stderr)
     const status = JSON.parse(json.stdout) as DatabaseStatus
+    t.equal(status.schema, 'public')
     t.equal(status.version, 1)
     t.equal(status.listening.length, 1, 'one row per instance')
     t.equal(status.listening[0]!.address, '127.0.0.1')
@@ -126,7 +180,7 @@ t.test('as a real process', async (t) => {
 
     const text = await runCli(['status', '--url', db.url])
     t.equal(text.code, 0)
-    t.match(text.stdout, /^session_version {2}1\n/)
+    t.match(text.stdout, /^schema {11}public\nsession_version {2}1\n/)
     t.match(text.stdout, /\nlistening {8}1 instance\n {2}127\.0\.0\.1:\d+ {2}since \S+ {2}pid \d+\n/)
     t.match(text.stdout, /\nnotify queue {5}\d+\.\d\d% used\n$/)
 
@@ -140,9 +194,10 @@ t.test('as a real process', async (t) => {
       const db = await createDatabase(t)
       const cli = startCli(['watch', '--url', db.url])
       t.teardown(() => { cli.child.kill('SIGKILL') })
-      await waitForOutput(cli, /^watching session_version, now 1 \(.+ since updated_at\); Ctrl-C to stop\n/)
-      await db.sql`update system_settings set value = (value::bigint + 1)::text where key = 'session_version'`
-      await waitForOutput(cli, /\n\d{4}-\d\d-\d\dT\S+Z {2}session_version 1 -> 2 {2}\(\d+ (ms|s) since updated_at\)\n$/)
+      await waitForOutput(cli, /^watching session_version, now 1 \(.+ since updated_at\); Ctrl-C to stop\n/, WAIT)
+      await db.sql.unsafe(ETL_UPDATE)
+      const version = await readSessionVersion(db.sql)
+      await waitForOutput(cli, new RegExp(`\\n\\d{4}-\\d\\d-\\d\\dT\\S+Z {2}session_version 1 -> ${version} {2}\\(\\d+ (ms|s) since updated_at\\)\\n$`), WAIT)
       cli.child.kill(signal)
       const result: CliResult = await cli.exited
       t.equal(result.code, 0)
@@ -150,29 +205,55 @@ t.test('as a real process', async (t) => {
       t.equal(result.stderr, '')
     })
   }
+
+  t.test('11.11: migrate uses public, not the schema named after the role; --schema picks another', async (t) => {
+    const db = await createDatabase(t)
+    const version = await bumpSessionVersion(db.sql)
+    const role = await createRole(t, db, 'app')
+    await db.sql.unsafe(`create schema ${role.name} authorization ${role.name}`)
+    for (const statement of appGrants('public', role.name)) await db.sql.unsafe(statement)
+    const [path] = await role.connect(t)`select current_schema() as schema`
+    t.equal(path!.schema, role.name, 'under the default "$user", public search path, unqualified names would land in the role\'s schema')
+
+    const result = await runCli(['migrate'], { DATABASE_URL: role.url })
+    t.equal(result.stderr, '')
+    t.equal(result.code, 0)
+    t.equal(result.stdout, `schema public is up to date; session_version is ${version}\n`, 'it names public and its real version')
+    t.equal(await objectsIn(db.sql, role.name), 0, "nothing was created in the role's schema")
+
+    const own = await runCli(['migrate', '--schema', role.name, '--url', role.url])
+    t.equal(own.stderr, '')
+    t.equal(own.code, 0)
+    t.equal(own.stdout, `${await appliedLines(role.name)}schema ${role.name} is migrated; session_version is 1\n`)
+    t.equal(await readSessionVersion(db.sql, { schema: role.name }), 1)
+    t.equal(await readSessionVersion(db.sql), version, 'public is as it was')
+    const [owner] = await db.sql`select tableowner from pg_tables where schemaname = ${role.name} and tablename = 'system_settings'`
+    t.equal(owner!.tableowner, role.name)
+  })
 })
 
 t.test('in-process, for every path', async (t) => {
-  t.test('help, and wrong usage exits 2', async (t) => {
+  t.test('help, and wrong usage exits 2 with one line', async (t) => {
     for (const argv of [['--help'], ['-h'], ['help'], ['status', '--help']]) {
       const io = captureIo()
       t.equal(await main(argv, io), EXIT_OK, argv.join(' '))
       t.equal(io.stdout, HELP)
     }
-    const cases: Array<[string[], RegExp]> = [
-      [[], /missing a command: migrate, bump, status, watch/],
-      [['frobnicate'], /unknown command `frobnicate`; the commands are migrate, bump, status, watch/],
-      [['status', 'now'], /unexpected argument `now`/],
-      [['bump', '--json'], /--json applies to `status` only/],
-      [['status'], /no database: pass --url <postgres url> or set DATABASE_URL/],
-      [['status', '--verbose'], /Unknown option '--verbose'/],
-      [['status', '--url', 'not a url'], /the database URL cannot be parsed \(Invalid URL\)/]
+    const cases: Array<[string[], string]> = [
+      [[], 'missing a command: migrate, bump, status, watch'],
+      [['frobnicate'], 'unknown command `frobnicate`; the commands are migrate, bump, status, watch'],
+      [['status', 'now'], 'unexpected argument `now`'],
+      [['bump', '--json'], '--json applies to `status` only'],
+      [['status'], 'no database: pass --url <postgres url> or set DATABASE_URL'],
+      [['status', '--url', 'not a url'], 'the database URL cannot be parsed (Invalid URL)'],
+      [['status', '--url', 'postgres://a@db:99999/x'], 'the database URL cannot be parsed (Invalid URL)'],
+      [['status', '--url', 'postgres://db/x', '--schema', 'y'.repeat(48)], '--schema takes a schema name of 1 to 47 bytes'],
+      [['status', '--url', 'postgres://db/x', '--schema', 'é'.repeat(24)], '--schema takes a schema name of 1 to 47 bytes']
     ]
-    for (const [argv, pattern] of cases) {
+    for (const [argv, message] of cases) {
       const io = captureIo()
       t.equal(await main(argv, io), EXIT_USAGE, argv.join(' '))
-      t.match(io.stderr, pattern)
-      t.match(io.stderr, /\nRun `session-refresh --help` for the commands\.\n$/)
+      t.equal(io.stderr, `session-refresh: ${message} (see session-refresh --help)\n`, argv.join(' '))
       t.equal(io.stdout, '')
     }
   })
@@ -191,18 +272,41 @@ t.test('in-process, for every path', async (t) => {
     const io = captureIo({ DATABASE_URL: db.url })
     t.equal(await main(['migrate'], io), EXIT_OK)
     t.equal(await main(['bump'], io), EXIT_OK)
+    const bumped = await readSessionVersion(db.sql)
     t.equal(await main(['migrate'], io), EXIT_OK)
     t.equal(await main(['status', '--json'], io), EXIT_OK)
     const json = io.stdout.slice(io.stdout.indexOf('{'))
-    t.match(io.stdout, /created system_settings; session_version is 1\nsession_version is now 2\n(applied .*\n)+system_settings was already there; session_version stays 2\n/)
-    t.match(JSON.parse(json), { version: 2, listening: [], hiddenBackends: 0 })
+    t.equal(io.stdout.slice(0, io.stdout.indexOf('{')), await appliedLines('public') +
+      'schema public is migrated; session_version is 1\n' +
+      `session_version is now ${bumped}\n` +
+      `schema public is up to date; session_version is ${bumped}\n`)
+    t.match(JSON.parse(json), { schema: 'public', version: bumped, listening: [], hiddenBackends: 0 })
     t.equal(io.stderr, '')
 
     // The table is there, the row is not.
-    await db.sql`delete from system_settings where key = 'session_version'`
-    const missing = captureIo({ DATABASE_URL: db.url })
-    t.equal(await main(['status'], missing), EXIT_FAILED)
-    t.match(missing.stderr, /run `session-refresh migrate` first\n$/)
+    await db.sql`truncate system_settings`
+    for (const command of ['status', 'bump']) {
+      const missing = captureIo({ DATABASE_URL: db.url })
+      t.equal(await main([command], missing), EXIT_FAILED, command)
+      t.equal(missing.stderr, NOT_MIGRATED, command)
+    }
+  })
+
+  t.test('11.7: after the row was truncated, bump fails in one line; migrate, as it says, makes it work again', async (t) => {
+    const db = await createDatabase(t)
+    const last = await bumpSessionVersion(db.sql)
+    await db.sql`truncate system_settings`
+    const bump = captureIo({ DATABASE_URL: db.url })
+    t.equal(await main(['bump'], bump), EXIT_FAILED)
+    t.equal(bump.stderr, NOT_MIGRATED)
+    t.equal(bump.stdout, '')
+
+    const migrating = captureIo({ DATABASE_URL: db.url })
+    t.equal(await main(['migrate'], migrating), EXIT_OK, migrating.stderr)
+    t.equal(migrating.stderr, '')
+    const restored = await readSessionVersion(db.sql)
+    t.ok(restored > last, `the row is back with a version never given out before (${restored} > ${last})`)
+    t.equal(migrating.stdout, `schema public is up to date; session_version is ${restored}\n`, 'no file needed applying')
   })
 
   t.test('status lists a listening app; a malformed value fails status and bump', async (t) => {
@@ -223,18 +327,10 @@ t.test('in-process, for every path', async (t) => {
   t.test('status counts backends it may not see as hidden, not as listening', async (t) => {
     const db = await createDatabase(t)
     await buildApp(t, { url: db.url })
-    const role = `fsr_viewer_${randomBytes(4).toString('hex')}`
-    await db.sql.unsafe(`create role ${role} login password 'viewer'`)
-    await db.sql.unsafe(`grant select on system_settings to ${role}`)
-    t.teardown(async () => {
-      await db.sql.unsafe(`drop owned by ${role}`)
-      await db.sql.unsafe(`drop role ${role}`)
-    })
-    const url = new URL(db.url)
-    url.username = role
-    url.password = 'viewer'
+    const viewer = await createRole(t, db, 'viewer')
+    await db.sql.unsafe(`grant select on system_settings to ${viewer.name}`)
     const io = captureIo()
-    t.equal(await main(['status', '--url', url.toString()], io), EXIT_OK, io.stderr)
+    t.equal(await main(['status', '--url', viewer.url], io), EXIT_OK, io.stderr)
     t.match(io.stdout, /\nlistening {8}none: no app instance is listening on this database\n {2}\(2 backends of another role are hidden: connect as the app's role or one with pg_read_all_stats\)\n/)
   })
 
@@ -242,31 +338,35 @@ t.test('in-process, for every path', async (t) => {
     const db = await createDatabase(t)
     const io = captureIo({ DATABASE_URL: db.url })
     const exit = main(['watch'], io)
-    await waitForOutput(io, /^watching session_version, now 1 /)
+    await waitForOutput(io, /^watching session_version, now 1 /, WAIT)
 
-    await db.sql`update system_settings set value = '2' where key = 'session_version'`
-    await waitForOutput(io, /session_version 1 -> 2 {2}\(\d+ (ms|s) since updated_at\)\n$/)
-    await db.sql`select pg_notify('session_version', 'not-a-version')`
-    await waitForOutput(io, /ignored a session_version notification that is not a version: "not-a-version"\n$/)
+    const second = await bumpSessionVersion(db.sql)
+    await waitForOutput(io, new RegExp(`session_version 1 -> ${second} {2}\\(\\d+ (ms|s) since updated_at\\)\\n$`), WAIT)
+    await db.sql`select pg_notify('session_refresh', 'version:not-a-version')`
+    await waitForOutput(io, /ignored a session_version notification that is not a version: "version:not-a-version"\n$/, WAIT)
+    // Per-user hints and heartbeats share the channel; watch shows versions only.
+    await db.sql`select pg_notify('session_refresh', 'users')`
+    await db.sql`select pg_notify('session_refresh', 'heartbeat:abc:1')`
     // A payload that disagrees with the table, as when a later bump lands before the read.
-    await db.sql`select pg_notify('session_version', '999')`
-    await waitForOutput(io, /session_version 2 -> 999 {2}\(the table already says 2\)\n$/)
+    await db.sql`select pg_notify('session_refresh', 'version:999')`
+    await waitForOutput(io, new RegExp(`\\n\\S+ {2}session_version ${second} -> 999 {2}\\(the table already says ${second}\\)\\n$`), WAIT)
+    t.equal(io.stdout.split('\n').length, 5, 'the users and heartbeat payloads printed nothing')
 
     t.equal(await terminateListeners(db.sql, 'session-refresh-cli'), 1)
-    await waitForOutput(io, /reconnected; session_version is 2 \(was 999\)\n$/)
+    await waitForOutput(io, new RegExp(`reconnected; session_version is ${second} \\(was 999\\)\\n$`), WAIT)
     t.equal(await terminateListeners(db.sql, 'session-refresh-cli'), 1)
-    await waitForOutput(io, /\n\S+ {2}reconnected; session_version is 2\n$/)
+    await waitForOutput(io, new RegExp(`\\n\\S+ {2}reconnected; session_version is ${second}\\n$`), WAIT)
 
     // Reads that fail are reported and watching goes on.
     await db.sql`alter table system_settings rename to system_settings_away`
-    await db.sql`select pg_notify('session_version', '3')`
-    await eventually('a read error', () => io.stderr.split('\n').length === 2)
+    await db.sql`select pg_notify('session_refresh', 'version:3')`
+    await eventually('a read error', () => io.stderr.split('\n').length === 2, WAIT)
     t.equal(await terminateListeners(db.sql, 'session-refresh-cli'), 1)
-    await eventually('a second read error', () => io.stderr.split('\n').length === 3)
-    t.equal(io.stderr, 'session-refresh: the system_settings table or its session_version row is missing: run `session-refresh migrate` first\n'.repeat(2))
+    await eventually('a second read error', () => io.stderr.split('\n').length === 3, WAIT)
+    t.equal(io.stderr, NOT_MIGRATED.repeat(2))
     await db.sql`alter table system_settings_away rename to system_settings`
-    await db.sql`update system_settings set value = '4' where key = 'session_version'`
-    await waitForOutput(io, /session_version 2 -> 4 /)
+    const third = await bumpSessionVersion(db.sql)
+    await waitForOutput(io, new RegExp(`session_version ${second} -> ${third} `), WAIT)
 
     io.stop()
     t.equal(await exit, EXIT_OK)
@@ -307,6 +407,7 @@ t.test('formatting', async (t) => {
   for (const [ms, text] of ages) t.equal(formatAge(ms), text, String(ms))
 
   const status: DatabaseStatus = {
+    schema: 'tenant_a',
     version: 7,
     updatedAt: '2026-01-01T00:00:00.000Z',
     updatedMsAgo: 1500,
@@ -314,16 +415,20 @@ t.test('formatting', async (t) => {
       { pid: 11, address: '10.0.0.5', port: 5000, since: '2026-01-01T00:00:01.000Z' },
       { pid: 12, address: 'local', port: null, since: '2026-01-01T00:00:02.000Z' }
     ],
-    hiddenBackends: 0,
+    hiddenBackends: 3,
     queueUsage: 0.0123
   }
   t.equal(formatStatus(status), [
+    'schema           tenant_a',
     'session_version  7',
     'updated_at       2026-01-01T00:00:00.000Z (2 s ago)',
     'listening        2 instances',
     '  10.0.0.5:5000  since 2026-01-01T00:00:01.000Z  pid 11',
     '  local  since 2026-01-01T00:00:02.000Z  pid 12',
+    "  (3 backends of another role are hidden: connect as the app's role or one with pg_read_all_stats)",
     'notify queue     1.23% used',
     ''
   ].join('\n'))
+  t.equal(formatStatus({ ...status, listening: [], hiddenBackends: 0 }).split('\n')[3],
+    'listening        none: no app instance is listening on this database')
 })
