@@ -77,7 +77,7 @@ CREATE OR REPLACE FUNCTION session_version_must_exist() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM system_settings WHERE key = 'session_version') THEN
-    RAISE EXCEPTION 'system_settings has no session_version row'
+    RAISE EXCEPTION 'system_settings has no session_version row: run migrate (npx session-refresh migrate) to create it again'
       USING ERRCODE = 'no_data_found',
             HINT = 'Run migrate(sql) or `npx session-refresh migrate` to create it again.';
   END IF;

@@ -243,7 +243,7 @@ t.test('read and bump say clearly when the table is missing or malformed', async
 t.test('11.7: a missing session_version row makes the ETL fail loudly', async (t) => {
   const missingRow = {
     code: 'P0002',
-    message: 'system_settings has no session_version row',
+    message: 'system_settings has no session_version row: run migrate (npx session-refresh migrate) to create it again',
     hint: 'Run migrate(sql) or `npx session-refresh migrate` to create it again.'
   }
   const notMigrated = { code: 'FST_SESSION_REFRESH_NOT_MIGRATED', message: /run migrate\(sql\)/ }

@@ -50,7 +50,7 @@ export async function migrate (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOpti
     const todo = await tablesPresent(tx) ? await pending(tx, schema, files) : files
     for (const file of todo) {
       await tx.unsafe(await readFile(new URL(file, sqlDir), 'utf8'))
-      await tx`insert into session_refresh_migrations (name) values (${file})`
+      await tx`insert into session_refresh_migrations (name) values (${file}) on conflict (name) do nothing`
     }
     // Rows deleted since (a TRUNCATE, a restore), as the missing-table error
     // says to migrate. The trigger gives the version a value never given out before.
