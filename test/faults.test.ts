@@ -93,8 +93,10 @@ t.test('catch-up race: a notification during an in-flight re-read starts another
   const [listenPid] = await idleListenBackends(db.sql)
   const links = await Promise.all(proxy.links.map(async (link) => ({ link, pid: await link.backendPid(db.sql) })))
   const readLink = links.find(({ pid }) => pid !== listenPid)!.link
-  // The reconnect's catch-up read runs on the server, but its answer is kept.
-  readLink.holdResponses()
+  // The reconnect's catch-up read runs on the server, but its answer is kept:
+  // from its BindComplete on, so that a statement the connection has not run
+  // before still gets the description postgres.js asks for first.
+  readLink.holdResponses('2')
   t.equal(await terminateBackend(db.sql, listenPid!), true)
   await eventually('the catch-up read to be answered', () => readLink.answered, 10_000)
   const bumped = await bumpSessionVersion(db.sql)
