@@ -89,7 +89,8 @@ $$;
 ALTER TABLE session_user_versions ADD COLUMN IF NOT EXISTS logout_seq BIGINT NOT NULL DEFAULT 0;
 -- A hash of the one session a logout keeps (a password change keeps the session that made it).
 ALTER TABLE session_user_versions ADD COLUMN IF NOT EXISTS keep_key TEXT CHECK (length(keep_key) <= 64);
-CREATE INDEX IF NOT EXISTS session_user_versions_changed_xid ON session_user_versions (changed_xid);
+-- What a read of the changes since the last one walks, page by page.
+CREATE INDEX IF NOT EXISTS session_user_versions_changed ON session_user_versions (changed_xid, user_id);
 
 -- SECURITY DEFINER: a role allowed to change users needs no right on session_refresh_state.
 CREATE OR REPLACE FUNCTION session_user_version_stamp() RETURNS trigger

@@ -24,7 +24,7 @@ export function openConnection (connection: Connection, settings: PostgresOption
   const options: PostgresOptions = {
     ...kept,
     ...settings,
-    connection: { ...kept.connection, application_name: APPLICATION_NAME }
+    connection: { ...kept.connection, ...settings.connection, application_name: APPLICATION_NAME }
   }
   if (sockets !== undefined) Object.assign(options, { socket: sockets.wrap(socketFactory(given)) })
   return typeof connection === 'string' || connection instanceof URL

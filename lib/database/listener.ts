@@ -76,11 +76,13 @@ export class VersionListener implements VersionView {
   readonly #channel: string
   readonly #instance = randomUUID().slice(0, 8)
   // A closed LISTEN socket means changes are being missed until the next read.
-  readonly #listenSockets = new TrackedSockets(() => this.#linkLost())
+  #listenSockets = this.#trackListenSockets()
   readonly #querySockets = new TrackedSockets()
-  readonly #listenSql: Sql
+  // Replaced when postgres.js gives up on re-listening (see #relisten).
+  #listenSql: Sql
   readonly #querySql: Sql
   #listenUp = false
+  #lostAt = 0
   // Changes with every LISTEN socket lost and every LISTEN made, so a read that
   // started before either does not claim that the instance is caught up.
   #generation = 0
@@ -124,6 +126,10 @@ export class VersionListener implements VersionView {
       keep_alive: 10,
       backoff,
       onnotice: () => {},
+      // The reads walk an index page by page; a custom plan would first ask the
+      // planner's statistics about the newest transaction ids, which on a table
+      // with many dead index entries costs more than the read itself.
+      connection: { plan_cache_mode: 'force_generic_plan' },
       ...(hasSeveralHosts(this.#options.connection) ? { target_session_attrs: 'primary' as const } : {})
     }, sockets)
   }
@@ -149,7 +155,7 @@ export class VersionListener implements VersionView {
     const connectTimeout = this.#options.startTimeout ?? this.#options.connectTimeout
     let stage = 'connecting and listening'
     const steps = async (): Promise<void> => {
-      await this.#listenSql.listen(this.#channel, (payload) => this.#onNotification(payload), () => this.#onListen())
+      await this.#listen()
       // A pooler in transaction mode takes LISTEN and then delivers nothing; only a
       // notification sent through another connection and received here proves it works.
       stage = 'a notification it sent itself did not come back'
@@ -243,8 +249,36 @@ export class VersionListener implements VersionView {
   }
 
   #linkLost (): void {
+    if (this.#listenUp) this.#lostAt = performance.now()
     this.#listenUp = false
     this.#generation++
+  }
+
+  /** Sockets whose close means the LISTEN is lost, as long as they are the current ones. */
+  #trackListenSockets (): TrackedSockets {
+    const sockets: TrackedSockets = new TrackedSockets(() => { if (this.#listenSockets === sockets) this.#linkLost() })
+    return sockets
+  }
+
+  #listen (): Promise<unknown> {
+    return this.#listenSql.listen(this.#channel, (payload) => this.#onNotification(payload), () => this.#onListen())
+  }
+
+  /**
+   * postgres.js re-LISTENs by itself after a connection drops, but not when the
+   * connection drops again while that LISTEN is in flight: it then reconnects
+   * and never listens. A LISTEN connection down for a whole heartbeat interval
+   * is replaced by a new postgres.js instance that listens from scratch.
+   */
+  #relisten (): void {
+    this.#options.log.warn({ downMs: Math.round(performance.now() - this.#lostAt) }, 'session_version listener did not come back; listening anew')
+    const old = this.#listenSql
+    this.#listenSockets = this.#trackListenSockets()
+    this.#listenSql = this.#connect(this.#listenSockets)
+    this.#lostAt = performance.now()
+    void old.end({ timeout: 0 })
+    // A failure here is retried at the next heartbeat tick, which finds LISTEN still down.
+    this.#listen().catch((err: unknown) => this.#options.log.warn({ err }, 'Could not listen anew'))
   }
 
   #readEnded (startedGeneration: number, err: unknown): void {
@@ -266,8 +300,12 @@ export class VersionListener implements VersionView {
   }
 
   #heartbeat (): void {
+    if (!this.#listenUp) {
+      if (performance.now() - this.#lostAt >= this.#options.heartbeatInterval) this.#relisten()
+      return
+    }
     // Any notification within the interval already proved the link.
-    if (!this.#listenUp || this.#pendingHeartbeat !== null) return
+    if (this.#pendingHeartbeat !== null) return
     if (performance.now() - this.#lastProof < this.#options.heartbeatInterval) return
     const token = `heartbeat:${this.#instance}:${++this.#heartbeatsSent}`
     this.#pendingHeartbeat = token

@@ -59,11 +59,15 @@ export class Sync {
     this.#quotedSchema = quoteIdentifier(options.schema)
   }
 
-  /** A read that starts after this call; resolves true if it succeeded. Never rejects. */
+  /**
+   * A read that starts after this call; resolves true if it succeeded. Never
+   * rejects. Reads start at least `spacing` ms apart, so hints that come one
+   * after another cost at most one read per `spacing`, as a flood of them does.
+   */
   request (): Promise<boolean> {
     if (this.#queued !== null) return this.#queued
-    if (this.#running === null) return this.#start()
-    const queued = this.#running.then(async () => {
+    if (this.#running === null && performance.now() - this.#lastStart >= this.#options.spacing) return this.#start()
+    const queued = (this.#running ?? Promise.resolve(true)).then(async () => {
       const wait = this.#lastStart + this.#options.spacing - performance.now()
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
       this.#queued = null
@@ -94,11 +98,11 @@ export class Sync {
 
   async #readAndApply (): Promise<void> {
     const from = this.#readFromXid
-    let result = await this.#read(from)
+    let result = await this.#readPages(from)
     if (from !== null && (result.generation !== this.#generation || result.xmin < from)) {
       // Rows were deleted, the table was replaced, or the database went back in
       // time (a point-in-time restore): only a full read shows what is there now.
-      result = await this.#read(null)
+      result = await this.#readPages(null)
     }
     this.#options.versions.apply(result)
     this.#readFromXid = result.xmin
@@ -106,13 +110,36 @@ export class Sync {
     this.lastSyncAt = new Date()
   }
 
-  async #read (fromXid: bigint | null): Promise<ReadResult & { xmin: bigint, generation: string }> {
-    const { sql, lifetime, timeout } = this.#options
+  /**
+   * The state, and the per-user rows page by page. Everything but the rows
+   * comes from the first page's snapshot: every logout on the logout clock it
+   * holds was committed before it, so it is in the rows that follow.
+   */
+  async #readPages (from: bigint | null): Promise<ReadResult & { xmin: bigint, generation: string }> {
+    const first = await this.#read(from, null)
+    const users = first.users
+    for (let page = first.users; page.length === PAGE_ROWS;) {
+      page = (await this.#read(from, page[page.length - 1]!)).users
+      users.push(...page)
+    }
+    return { ...first, users }
+  }
+
+  /** One statement, so one snapshot: the version, the logout clock and a page of rows agree. */
+  async #read (from: bigint | null, after: UserRow | null): Promise<ReadResult & { xmin: bigint, generation: string }> {
+    const { sql, lifetime, timeout, schema } = this.#options
     const users = `${this.#quotedSchema}.session_user_versions`
-    const from = fromXid === null ? null : String(fromXid)
-    // One statement, so one snapshot: the version, the logout clock and the rows agree.
+    // Pages follow an index in order, with a bound: a plan that can only walk the
+    // index, whatever the table holds, and no planner statistics to look up.
+    const rows = from === null
+      ? sql`select * from ${sql(schema)}.session_user_versions
+            where updated_at > now() - ${lifetime} * interval '1 millisecond' and user_id > ${after?.userId ?? ''}
+            order by user_id limit ${PAGE_ROWS}`
+      : sql`select * from ${sql(schema)}.session_user_versions
+            where (changed_xid, user_id) > (${String(after?.changedXid ?? from)}::xid8, ${after?.userId ?? ''})
+            order by changed_xid, user_id limit ${PAGE_ROWS}`
     const query = sql<StateRow[]>`
-      select (select value from ${sql(this.#options.schema)}.system_settings where key = 'session_version') as version,
+      select (select value from ${sql(schema)}.system_settings where key = 'session_version') as version,
              s.logout_seq::text as logout_clock,
              s.users_epoch::text || ':' || to_regclass(${users})::oid::text || ':' || pg_relation_filenode(to_regclass(${users}))::text as generation,
              pg_snapshot_xmin(pg_current_snapshot())::text as xmin,
@@ -121,24 +148,22 @@ export class Sync {
              coalesce((
                select json_agg(json_build_array(u.user_id, u.version::text, u.logout_seq::text, u.keep_key,
                                                 (extract(epoch from u.updated_at) * 1000)::float8,
-                                                (case when u.logout_at > now() - ${lifetime} * interval '1 millisecond' then u.logout_version else 0 end)::text))
-               from ${sql(this.#options.schema)}.session_user_versions u
-               where u.updated_at > now() - ${lifetime} * interval '1 millisecond'
-                 and (${from}::xid8 is null or u.changed_xid >= ${from}::xid8)
+                                                (case when u.logout_at > now() - ${lifetime} * interval '1 millisecond' then u.logout_version else 0 end)::text,
+                                                u.changed_xid::text))
+               from (${rows}) u
              ), '[]')::text as users
-      from ${sql(this.#options.schema)}.session_refresh_state s`
-    const rows = await withTimeout(withTableCheck(query), timeout, () => {
+      from ${sql(schema)}.session_refresh_state s`
+    const [row] = await withTimeout(withTableCheck(query), timeout, () => {
       this.#options.dropConnection()
       throw new QueryTimeoutError('reading the session versions', timeout)
     })
-    const row = rows[0]
     if (row === undefined || row.version === null) throw new MissingTableError()
     this.queueUsage = row.queue_usage
     return {
       version: parseVersionOrThrow(row.version),
       logoutClock: Number(row.logout_clock),
       users: (JSON.parse(row.users) as UserTuple[]).map(toUserRow),
-      full: fromXid === null,
+      full: from === null,
       clockOffset: row.server_now - Date.now(),
       xmin: BigInt(row.xmin),
       generation: row.generation
@@ -146,8 +171,11 @@ export class Sync {
   }
 }
 
-type UserTuple = [userId: string, version: string, logoutSeq: string, keep: string | null, updatedAt: number, legacyLogoutVersion: string]
+// Rows per statement: a read of a big table (the first one, a full one) takes several.
+const PAGE_ROWS = 5000
 
-function toUserRow ([userId, version, logoutSeq, keep, updatedAt, legacyLogoutVersion]: UserTuple): UserRow {
-  return { userId, version: Number(version), logoutSeq: Number(logoutSeq), keep, updatedAt, legacyLogoutVersion: Number(legacyLogoutVersion) }
+type UserTuple = [userId: string, version: string, logoutSeq: string, keep: string | null, updatedAt: number, legacyLogoutVersion: string, changedXid: string]
+
+function toUserRow ([userId, version, logoutSeq, keep, updatedAt, legacyLogoutVersion, changedXid]: UserTuple): UserRow {
+  return { userId, version: Number(version), logoutSeq: Number(logoutSeq), keep, updatedAt, legacyLogoutVersion: Number(legacyLogoutVersion), changedXid }
 }

@@ -5,6 +5,8 @@ export interface UserRow extends UserState {
   userId: string
   /** When the row was last written, by the server's clock (ms). */
   updatedAt: number
+  /** The transaction that wrote it, where the next page of a read starts. */
+  changedXid: string
 }
 
 /** What one read of the tables found. */
@@ -65,7 +67,7 @@ export class Versions implements Omit<VersionView, 'catchUp'> {
     const read = ++this.#reads
     const previous = result.full ? new Map(this.#users) : this.#users
     if (result.full) this.#users.clear()
-    for (const { userId, updatedAt, ...state } of result.users) {
+    for (const { userId, updatedAt, changedXid: _, ...state } of result.users) {
       const known = previous.get(userId)
       // An unchanged row (a full read) keeps the read that last changed it.
       const same = known !== undefined && known.version === state.version && known.logoutSeq === state.logoutSeq && known.keep === state.keep
