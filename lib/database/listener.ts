@@ -126,10 +126,6 @@ export class VersionListener implements VersionView {
       keep_alive: 10,
       backoff,
       onnotice: () => {},
-      // The reads walk an index page by page; a custom plan would first ask the
-      // planner's statistics about the newest transaction ids, which on a table
-      // with many dead index entries costs more than the read itself.
-      connection: { plan_cache_mode: 'force_generic_plan' },
       ...(hasSeveralHosts(this.#options.connection) ? { target_session_attrs: 'primary' as const } : {})
     }, sockets)
   }
