@@ -58,6 +58,7 @@ t.test('bad options fail with a precise, coded message', async (t) => {
     [{ ...valid, refresh: 'nope' as unknown as () => null }, /expected `refresh` to be a function/],
     [{ ...valid, identityField: '' }, /expected `identityField` to be a non-empty string/],
     [{ ...valid, identityField: 'uid', identify: () => 1 }, /give `identityField` or `identify`, not both/],
+    [{ ...valid, identify: 'passport.id' as unknown as () => unknown }, /expected `identify` to be a function \(session, request\) => user id, got 'passport.id' \(string\)/],
     [{ ...valid, requiredFields: ['email', ''] }, /expected `requiredFields` to be an array of non-empty strings/],
     [{ ...valid, requiredFields: 'email' as unknown as string[] }, /got 'email' \(string\)/],
     [{ ...valid, loginUrl: null as unknown as string }, /expected `loginUrl` to be a non-empty string, got null \(null\)/],

@@ -22,6 +22,9 @@ export function openConnection (connection: Connection, settings: PostgresOption
   const given: PostgresOptions = typeof connection === 'object' && !(connection instanceof URL) ? connection : {}
   const { transform: _transform, types: _types, ...kept } = given
   const options: PostgresOptions = {
+    // Notices (from a trigger of the app's own, say) are the app's business:
+    // postgres.js would print them on the console.
+    onnotice: ignoreNotice,
     ...kept,
     ...settings,
     connection: { ...kept.connection, ...settings.connection, application_name: APPLICATION_NAME }
@@ -39,6 +42,8 @@ export function openConnection (connection: Connection, settings: PostgresOption
 export function connectTimeoutSeconds (ms: number): number {
   return Math.min(Math.ceil(ms / 1000), Math.floor((2 ** 31 - 1) / 1000))
 }
+
+function ignoreNotice (): void {}
 
 /** postgres.js reads `socket` from its options, but its types leave it out. */
 export type SocketFactory = (options: unknown) => unknown

@@ -97,6 +97,7 @@ export class VersionListener implements VersionView {
   #heartbeatDeadline: NodeJS.Timeout | undefined
   #onToken: ((token: string) => void) | null = null
   #lastNotificationAt: Date | null = null
+  #loggedVersion = 0
   #lastHeartbeatAt: Date | null = null
   readonly #timers = new Set<NodeJS.Timeout>()
 
@@ -125,7 +126,6 @@ export class VersionListener implements VersionView {
       connect_timeout: connectTimeoutSeconds(this.#options.connectTimeout),
       keep_alive: 10,
       backoff,
-      onnotice: () => {},
       ...(hasSeveralHosts(this.#options.connection) ? { target_session_attrs: 'primary' as const } : {})
     }, sockets)
   }
@@ -177,10 +177,10 @@ export class VersionListener implements VersionView {
     return {
       listening: this.listening,
       version: this.#versions.version,
-      lastNotificationAt: this.#lastNotificationAt?.toISOString() ?? null,
-      lastHeartbeatAt: this.#lastHeartbeatAt?.toISOString() ?? null,
-      lastSyncAt: this.#sync.lastSyncAt?.toISOString() ?? null,
-      lastSyncError: error === null ? null : { code: String(error.code ?? 'ERROR'), message: String(error.message ?? error) },
+      lastNotificationAt: iso(this.#lastNotificationAt),
+      lastHeartbeatAt: iso(this.#lastHeartbeatAt),
+      lastSyncAt: iso(this.#sync.lastSyncAt),
+      lastSyncError: error === null ? null : { code: String(error.code), message: String(error.message) },
       reconnects: this.#reconnects,
       heartbeatMisses: this.#heartbeatMisses,
       queueUsage: this.#sync.queueUsage,
@@ -204,7 +204,6 @@ export class VersionListener implements VersionView {
     const schedule = (): void => {
       const timer = setTimeout(() => {
         this.#timers.delete(timer)
-        if (this.#closed) return
         task()
         schedule()
       }, jitter(ms)).unref()
@@ -280,6 +279,10 @@ export class VersionListener implements VersionView {
   #readEnded (startedGeneration: number, err: unknown): void {
     if (err === null) {
       this.#syncedGeneration = startedGeneration
+      if (this.#versions.version !== this.#loggedVersion) {
+        this.#options.log.info({ from: this.#loggedVersion, to: this.#versions.version }, 'Session version is now %d', this.#versions.version)
+        this.#loggedVersion = this.#versions.version
+      }
       return
     }
     this.#options.log.error({ err }, 'Could not re-read session_version; keeping version %d', this.#versions.version)
@@ -339,7 +342,7 @@ function startError (err: unknown, stage: string, connectTimeout: number): Error
   // 25006: "cannot execute LISTEN during recovery"
   if (code === '25006') return new CannotListenError('the server is a standby (in recovery)', { cause: err })
   if (stage.startsWith('a notification')) return new CannotListenError(`${stage} within ${connectTimeout} ms (is it a pooler in transaction mode?)`, { cause: err })
-  return new DatabaseUnavailableError(connectTimeout, String(message ?? err), { cause: err })
+  return new DatabaseUnavailableError(connectTimeout, String(message), { cause: err })
 }
 
 /** Several hosts (a failover list) must settle on the primary; a single host says itself what it is. */
@@ -349,7 +352,10 @@ function hasSeveralHosts (connection: Connection): boolean {
     return Array.isArray(host) ? host.length > 1 : typeof host === 'string' && host.includes(',')
   }
   const url = String(connection)
-  const hosts = url.slice(url.indexOf('://') + 3).split(/[/?]/)[0] ?? ''
-  return hosts.includes(',')
+  return url.slice(url.indexOf('://') + 3).split(/[/?]/)[0]!.includes(',')
+}
+
+function iso (date: Date | null): string | null {
+  return date === null ? null : date.toISOString()
 }
 

@@ -35,14 +35,26 @@ export class UserChanges {
     this.#options = options
   }
 
-  /** Records a refresh, or a logout keeping the session whose key hashes to `keep`. */
+  /**
+   * Records a refresh, or a logout keeping the session whose key hashes to
+   * `keep`. A connection that was found closed (dropped after a dead link, say)
+   * is tried once more on a new one: a change made twice is harmless.
+   */
   async change (userId: string, logout: boolean, keep: string | null): Promise<UserChange> {
+    try {
+      return await this.#change(userId, logout, keep)
+    } catch (err) {
+      if (!/^CONNECTION_/.test(String((err as { code?: unknown }).code))) throw err
+      return this.#change(userId, logout, keep)
+    }
+  }
+
+  async #change (userId: string, logout: boolean, keep: string | null): Promise<UserChange> {
     if (this.#closed) throw new ClosedError(logout ? 'the logout' : 'the refresh')
     const sql = this.#sql ??= openConnection(this.#options.connection, {
       max: 1,
       idle_timeout: 30,
       keep_alive: 10,
-      onnotice: () => {},
       connect_timeout: connectTimeoutSeconds(this.#options.connectTimeout)
     }, this.#sockets)
     const { schema, queryTimeout } = this.#options

@@ -97,22 +97,19 @@ class SlowPath {
       if (loggedOutUnder010(session, visit.key, view)) return this.#logOut(visit, 'user-logout')
       stamp = this.#authenticateNow(visit)
     }
-    let logout = logoutOf(stamp, visit.key, view)
+    const logout = logoutOf(stamp, visit.key, view)
     if (logout?.out === true) return this.#logOut(visit, 'user-logout')
     if (logout !== null) stamp = this.#write(session, { ...stamp, a: logout.kept })
     if (!route.check) return this.#finish(visit)
 
-    let reason = staleReason(session, stamp, visit.key, options.requiredFields, view)
-    if (reason === null) return this.#finish(visit)
     if (isAhead(stamp, visit.key, view)) {
       // Another instance has read a change this one has not. If the catch-up
       // fails, serve the session as it is rather than stamp it backwards.
       if (!await view.catchUp(options.catchUpTimeout)) return this.#finish(visit)
-      logout = logoutOf(stamp, visit.key, view)
-      if (logout?.out === true) return this.#logOut(visit, 'user-logout')
-      reason = staleReason(session, stamp, visit.key, options.requiredFields, view)
-      if (reason === null) return this.#finish(visit)
+      if (logoutOf(stamp, visit.key, view)?.out === true) return this.#logOut(visit, 'user-logout')
     }
+    const reason = staleReason(session, stamp, visit.key, options.requiredFields, view)
+    if (reason === null) return this.#finish(visit)
 
     request.log.info({ userId: visit.key, reason }, `Refreshing stale session for user: ${visit.key}`)
     const outcome = await this.#deps.refresher.run(`${visit.key}\u0000${stamp.k}`, {

@@ -40,8 +40,9 @@ export function routeFlags (config: RouteConfig | undefined, url: string | undef
  * (cached per route), and a warning says how to avoid that.
  */
 export function installHook (fastify: FastifyInstance, hook: SessionHook, login: LoginPage): void {
+  // A route's path starts with '/' or '*'; with no route, Fastify prints '(empty tree)'.
   const earlier = fastify.printRoutes({ commonPrefix: false }).trim()
-  if (earlier === '') {
+  if (!/[/*]/.test(earlier)) {
     fastify.addHook('onRoute', (route: RouteOptions) => {
       const flags = routeFlags(route.config as RouteConfig | undefined, route.url, login)
       const check: onRequestHookHandler = function sessionRefresh (request, reply, done) { hook(request, reply, done, flags) }

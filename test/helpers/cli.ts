@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { childEnv } from './child-env.js'
 import { fileURLToPath } from 'node:url'
-import type { CliIo } from '../../lib/cli.js'
+import type { CliIo } from '../../lib/cli/cli.js'
 import { eventually } from './database.js'
 
 const ENTRY = fileURLToPath(new URL('./cli-entry.ts', import.meta.url))
