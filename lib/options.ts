@@ -2,6 +2,7 @@ import { inspect } from 'node:util'
 import type { FastifyRequest, Session } from 'fastify'
 import type { FastifySessionObject } from '@fastify/session'
 import { MAX_SCHEMA_BYTES } from './database/channel.js'
+import type { Sql } from 'postgres'
 import type { Connection } from './database/connection.js'
 import { InvalidOptionError } from './errors.js'
 import type { SessionFields } from './request/sessions.js'
@@ -14,6 +15,12 @@ export interface SessionRefreshOptions {
    * in session mode); LISTEN does not work through transaction pooling nor on a standby.
    */
   connection: Connection
+  /**
+   * A postgres.js instance of the app's, for the plugin's reads and writes:
+   * the plugin then opens only its LISTEN connection (on `connection`). It must
+   * not transform rows (no `postgres.camel`). Never ended by the plugin.
+   */
+  sql?: Sql
   /**
    * Reloads what a stale session holds. Returns the fields to write into the
    * session, or `null` when the user is gone (the session is then logged out).
@@ -98,6 +105,12 @@ export interface SessionRefreshOptions {
    */
   pollInterval?: number
   /**
+   * Milliseconds between reads of per-user changes (±20%) while the database
+   * does not notify them (`session-refresh user-changes poll`, for hundreds of instances).
+   * @default 1000
+   */
+  userPollInterval?: number
+  /**
    * A path such as `'/health/session-refresh'` that serves `status()` as JSON:
    * 200 while listening, 503 while not, for load balancers and uptime checks.
    * @default false
@@ -116,8 +129,9 @@ export interface SessionRefreshOptions {
   schema?: string
 }
 
-export interface ResolvedOptions extends Required<Omit<SessionRefreshOptions, 'identify'>> {
+export interface ResolvedOptions extends Required<Omit<SessionRefreshOptions, 'identify' | 'sql'>> {
   identify: (session: SessionFields, request: FastifyRequest) => unknown
+  sql: Sql | undefined
 }
 
 const DEFAULTS = {
@@ -134,6 +148,7 @@ const DEFAULTS = {
   heartbeatInterval: 10_000,
   heartbeatTimeout: 5_000,
   pollInterval: 30_000,
+  userPollInterval: 1_000,
   statusRoute: false,
   sessionLifetime: 86_400_000,
   schema: 'public'
@@ -156,6 +171,7 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
     (typeof value === 'string' && value.length > 0) || value instanceof URL || (typeof value === 'object' && value !== null && !Array.isArray(value))
       ? null
       : 'a connection URL (string or URL) or postgres.js options',
+  sql: (value) => value === undefined || isPostgres(value) ? null : 'a postgres.js instance, as postgres(url) returns',
   refresh: (value) => typeof value === 'function' ? null : 'a function (session, request) => fields | null',
   identityField: nonEmptyString,
   identify: (value) => value === undefined || typeof value === 'function' ? null : 'a function (session, request) => user id',
@@ -172,6 +188,7 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   heartbeatInterval: timer,
   heartbeatTimeout: timer,
   pollInterval: timer,
+  userPollInterval: timer,
   sessionLifetime: positiveInteger,
   statusRoute: (value) =>
     value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false",
@@ -179,6 +196,16 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
     typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= MAX_SCHEMA_BYTES
       ? null
       : `a schema name of 1 to ${MAX_SCHEMA_BYTES} bytes`
+}
+
+function isPostgres (value: unknown): value is Sql {
+  return typeof value === 'function' && typeof (value as Partial<Sql>).begin === 'function' && typeof (value as Partial<Sql>).options === 'object'
+}
+
+/** postgres.js keeps its transform parsed: a function on any `from` changes the rows the plugin reads. */
+function transforms (sql: Sql): boolean {
+  const { column, value, row } = sql.options.transform as unknown as Record<'column' | 'value' | 'row', { from?: unknown }>
+  return [column, value, row].some((part) => part.from !== undefined)
 }
 
 function describe (value: unknown): string {
@@ -204,6 +231,9 @@ export function resolveOptions (options: Partial<SessionRefreshOptions>): Resolv
     const expected = check(value)
     if (expected !== null) throw new InvalidOptionError(`expected \`${name}\` to be ${expected}, got ${describe(value)}`)
   }
+  if (given.sql !== undefined && transforms(given.sql)) {
+    throw new InvalidOptionError('expected `sql` to return rows as the server sends them; it has a transform (postgres.camel, say): pass a postgres.js instance without one')
+  }
   const field = merged.identityField
-  return { ...merged, identify: given.identify ?? ((session) => session.get(field)) } as ResolvedOptions
+  return { sql: undefined, ...merged, identify: given.identify ?? ((session) => session.get(field)) } as ResolvedOptions
 }

@@ -13,7 +13,12 @@ CREATE TABLE IF NOT EXISTS session_refresh_state (
   logout_seq  BIGINT NOT NULL DEFAULT 0,
   -- Raised when rows of session_user_versions are deleted or truncated, so every
   -- instance re-reads the whole table instead of only what changed.
-  users_epoch BIGINT NOT NULL DEFAULT 0
+  users_epoch BIGINT NOT NULL DEFAULT 0,
+  -- true: each per-user change NOTIFYs every instance (milliseconds, for a few
+  -- dozen instances). false: nothing is notified and every instance reads the
+  -- changes every userPollInterval (for hundreds: a NOTIFY wakes every listener
+  -- of the database, so its cost grows with the number of instances).
+  user_notify BOOLEAN NOT NULL DEFAULT true
 );
 INSERT INTO session_refresh_state DEFAULT VALUES ON CONFLICT DO NOTHING;
 
@@ -124,11 +129,13 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION session_user_version_notify() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
   -- The same payload for every change, so PostgreSQL folds all the changes of
   -- one transaction into one notification; listeners read what changed.
-  PERFORM pg_notify(session_refresh_channel(), 'users');
+  IF (SELECT user_notify FROM session_refresh_state) THEN
+    PERFORM pg_notify(session_refresh_channel(), 'users');
+  END IF;
   RETURN NULL;
 END
 $$;

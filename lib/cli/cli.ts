@@ -1,7 +1,8 @@
 import { parseArgs } from 'node:util'
 import postgres, { type Sql } from 'postgres'
 import { MAX_SCHEMA_BYTES } from '../database/channel.js'
-import { DEFAULT_SCHEMA, bumpSessionVersion, migrate } from '../database/migrate.js'
+import { DEFAULT_SCHEMA, bumpSessionVersion, migrate, withTableCheck } from '../database/migrate.js'
+import { MissingTableError } from '../errors.js'
 import { formatStatus, readDatabaseStatus } from './status.js'
 import { watch } from './watch.js'
 
@@ -42,6 +43,11 @@ Commands:
                      session-refresh status --json
   watch            Print a line for each version change until Ctrl-C.
                      session-refresh watch
+  user-changes [notify|poll]
+                   Show or set how per-user changes reach the app instances:
+                   notify (a NOTIFY each, milliseconds, for tens of instances) or
+                   poll (every instance reads them every userPollInterval, for hundreds).
+                     session-refresh user-changes poll
 
 Options:
   --url <url>      PostgreSQL connection URL (default: $DATABASE_URL)
@@ -52,7 +58,8 @@ Options:
 Exit codes: 0 done, 1 failed, 2 wrong usage; every error is one line on stderr.
 `
 
-const COMMANDS = ['migrate', 'bump', 'status', 'watch'] as const
+const COMMANDS = ['migrate', 'bump', 'status', 'watch', 'user-changes'] as const
+const USER_CHANGE_MODES = ['notify', 'poll'] as const
 type Command = typeof COMMANDS[number]
 
 interface Invocation {
@@ -60,6 +67,8 @@ interface Invocation {
   url: string
   schema: string
   json: boolean
+  /** user-changes: the mode to set, or null to show it. */
+  mode: typeof USER_CHANGE_MODES[number] | null
 }
 
 class UsageError extends Error {}
@@ -109,13 +118,17 @@ function parseInvocation (argv: readonly string[], env: CliIo['env']): Invocatio
   const [command, ...extra] = positionals
   if (command === undefined) throw new UsageError(`missing a command: ${COMMANDS.join(', ')}`)
   if (!isCommand(command)) throw new UsageError(`unknown command \`${command}\`; the commands are ${COMMANDS.join(', ')}`)
+  const mode = command === 'user-changes' ? extra.shift() ?? null : null
+  if (mode !== null && !(USER_CHANGE_MODES as readonly string[]).includes(mode)) {
+    throw new UsageError(`user-changes takes notify or poll, got \`${mode}\``)
+  }
   if (extra.length > 0) throw new UsageError(`unexpected argument \`${extra[0]}\``)
   if (values.json && command !== 'status') throw new UsageError('--json applies to `status` only')
   const url = values.url ?? env.DATABASE_URL
   if (!url) throw new UsageError('no database: pass --url <postgres url> or set DATABASE_URL')
   const schema = values.schema
   if (schema.length === 0 || Buffer.byteLength(schema) > MAX_SCHEMA_BYTES) throw new UsageError(`--schema takes a schema name of 1 to ${MAX_SCHEMA_BYTES} bytes`)
-  return { command, url, schema, json: values.json }
+  return { command, url, schema, json: values.json, mode: mode as Invocation['mode'] }
 }
 
 function isCommand (name: string): name is Command {
@@ -136,7 +149,7 @@ function connect (url: string): Sql {
   }
 }
 
-async function run (sql: Sql, { command, schema, json }: Invocation, io: CliIo): Promise<void> {
+async function run (sql: Sql, { command, schema, json, mode }: Invocation, io: CliIo): Promise<void> {
   switch (command) {
     case 'migrate': {
       const applied = await migrate(sql, { schema })
@@ -153,6 +166,16 @@ async function run (sql: Sql, { command, schema, json }: Invocation, io: CliIo):
     case 'status': {
       const status = await readDatabaseStatus(sql, schema)
       io.out(json ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+      return
+    }
+    case 'user-changes': {
+      const [row] = await withTableCheck(mode === null
+        ? sql<Array<{ user_notify: boolean }>>`select user_notify from ${sql(schema)}.session_refresh_state`
+        : sql<Array<{ user_notify: boolean }>>`update ${sql(schema)}.session_refresh_state set user_notify = ${mode === 'notify'} returning user_notify`)
+      if (row === undefined) throw new MissingTableError()
+      io.out(row.user_notify
+        ? `per-user changes in schema ${schema}: notify (each change notifies every instance at once)\n`
+        : `per-user changes in schema ${schema}: poll (every instance reads them every userPollInterval)\n`)
       return
     }
     case 'watch':

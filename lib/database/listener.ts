@@ -20,10 +20,14 @@ export interface ListenerOptions {
   heartbeatInterval: number
   heartbeatTimeout: number
   pollInterval: number
+  /** Milliseconds between reads of per-user changes when the database does not notify them. */
+  userPollInterval: number
   sessionLifetime: number
   log: FastifyBaseLogger
   /** Told when a heartbeat did not come back: other connections on the same link are likely dead too. */
   onLinkDead?: () => void
+  /** The app's postgres.js instance for reads and heartbeats, instead of a connection of the plugin's own. */
+  sql?: Sql | undefined
 }
 
 export interface ListenerStatus {
@@ -47,6 +51,8 @@ export interface ListenerStatus {
   queueUsage: number
   /** Users changed within one session lifetime that this instance tracks. */
   userVersions: number
+  /** How per-user changes reach the instances: 'notify' (a NOTIFY each) or 'poll' (read every userPollInterval). */
+  userChanges: 'notify' | 'poll'
 }
 
 /** Reconnect quickly: a listener that is down is a listener that misses changes. */
@@ -106,7 +112,8 @@ export class VersionListener implements VersionView {
     this.#channel = channelFor(options.schema)
     this.#versions = new Versions(options.sessionLifetime)
     this.#listenSql = this.#connect(this.#listenSockets)
-    this.#querySql = this.#connect(this.#querySockets)
+    // The app's instance, when it gave one: never ended here, its sockets never destroyed.
+    this.#querySql = options.sql ?? this.#connect(this.#querySockets)
     this.#sync = new Sync({
       sql: this.#querySql,
       schema: options.schema,
@@ -170,6 +177,9 @@ export class VersionListener implements VersionView {
       void this.#sync.request()
     })
     this.#every(this.#options.heartbeatInterval, () => this.#heartbeat())
+    this.#every(this.#options.userPollInterval, () => {
+      if (!this.#versions.notifyUsers) void this.#sync.request()
+    })
   }
 
   status (): ListenerStatus {
@@ -184,7 +194,8 @@ export class VersionListener implements VersionView {
       reconnects: this.#reconnects,
       heartbeatMisses: this.#heartbeatMisses,
       queueUsage: this.#sync.queueUsage,
-      userVersions: this.#versions.userCount
+      userVersions: this.#versions.userCount,
+      userChanges: this.#versions.notifyUsers ? 'notify' : 'poll'
     }
   }
 
@@ -192,7 +203,7 @@ export class VersionListener implements VersionView {
     this.#closed = true
     for (const timer of this.#timers) clearTimeout(timer)
     clearTimeout(this.#heartbeatDeadline)
-    await Promise.all([this.#listenSql.end({ timeout: 0 }), this.#querySql.end({ timeout: 0 })])
+    await Promise.all([this.#listenSql.end({ timeout: 0 }), this.#options.sql === undefined && this.#querySql.end({ timeout: 0 })])
     // postgres.js only half-closes a socket that is still connecting; a server
     // that never answers would keep it open.
     this.#listenSockets.destroyAll()

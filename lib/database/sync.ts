@@ -24,6 +24,7 @@ export interface SyncOptions {
 
 interface StateRow {
   version: string | null
+  user_notify: boolean
   logout_clock: string
   generation: string
   xmin: string
@@ -143,6 +144,7 @@ export class Sync {
     const query = sql<StateRow[]>`
       select (select value from ${sql(schema)}.system_settings where key = 'session_version') as version,
              s.logout_seq::text as logout_clock,
+             s.user_notify,
              s.users_epoch::text || ':' || to_regclass(${users})::oid::text || ':' || pg_relation_filenode(to_regclass(${users}))::text as generation,
              pg_snapshot_xmin(pg_current_snapshot())::text as xmin,
              (extract(epoch from now()) * 1000)::float8 as server_now,
@@ -164,6 +166,7 @@ export class Sync {
     return {
       version: parseVersionOrThrow(row.version),
       logoutClock: Number(row.logout_clock),
+      notifyUsers: row.user_notify,
       users: (JSON.parse(row.users) as UserTuple[]).map(toUserRow),
       full: from === null,
       clockOffset: row.server_now - Date.now(),

@@ -11,6 +11,8 @@ export interface UserChangesOptions {
   connectTimeout: number
   /** Milliseconds a change may take before its connection is dropped and the call fails. */
   queryTimeout: number
+  /** The app's postgres.js instance, instead of a connection of the plugin's own. */
+  sql?: Sql | undefined
 }
 
 /** What one change of a user left in the table. */
@@ -51,12 +53,12 @@ export class UserChanges {
 
   async #change (userId: string, logout: boolean, keep: string | null): Promise<UserChange> {
     if (this.#closed) throw new ClosedError(logout ? 'the logout' : 'the refresh')
-    const sql = this.#sql ??= openConnection(this.#options.connection, {
+    const sql = this.#options.sql ?? (this.#sql ??= openConnection(this.#options.connection, {
       max: 1,
       idle_timeout: 30,
       keep_alive: 10,
       connect_timeout: connectTimeoutSeconds(this.#options.connectTimeout)
-    }, this.#sockets)
+    }, this.#sockets))
     const { schema, queryTimeout } = this.#options
     const query = sql<Array<{ version: string, logout_seq: string }>>`
       select version::text, logout_seq::text from ${sql(schema)}.session_change_user(${userId}, ${logout}, ${keep})`

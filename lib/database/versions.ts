@@ -13,6 +13,8 @@ export interface UserRow extends UserState {
 export interface ReadResult {
   version: number
   logoutClock: number
+  /** Whether per-user changes are notified (else every instance polls for them). */
+  notifyUsers: boolean
   users: UserRow[]
   /** The rows are every row within one session lifetime, not only those changed since the last read. */
   full: boolean
@@ -34,6 +36,7 @@ interface Entry extends UserState {
 export class Versions implements Omit<VersionView, 'catchUp'> {
   version = 0
   logoutClock = 0
+  notifyUsers = true
   readonly #users = new Map<string, Entry>()
   readonly #lifetime: number
   #reads = 0
@@ -75,6 +78,7 @@ export class Versions implements Omit<VersionView, 'catchUp'> {
     }
     this.version = result.version
     this.logoutClock = result.logoutClock
+    this.notifyUsers = result.notifyUsers
     this.#clockOffset = result.clockOffset
   }
 

@@ -8,7 +8,7 @@ export const statusSchema = {
   type: 'object',
   required: [
     'listening', 'version', 'lastNotificationAt', 'lastHeartbeatAt', 'lastSyncAt', 'lastSyncError', 'reconnects',
-    'heartbeatMisses', 'queueUsage', 'userVersions', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
+    'heartbeatMisses', 'queueUsage', 'userVersions', 'userChanges', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
   ],
   properties: {
     listening: { type: 'boolean', description: 'LISTEN is up and the last read, made since it came up, succeeded. False means changes may be missed right now.' },
@@ -26,6 +26,7 @@ export const statusSchema = {
     heartbeatMisses: count('Heartbeats that did not come back within heartbeatTimeout; each one forces a reconnect.'),
     queueUsage: { type: 'number', minimum: 0, maximum: 1, description: 'pg_notification_queue_usage() at the last read, from 0 to 1.' },
     userVersions: count('Users changed within one session lifetime that this instance tracks.'),
+    userChanges: { type: 'string', enum: ['notify', 'poll'], description: "How per-user changes reach the instances: 'notify' (a NOTIFY each) or 'poll' (read every userPollInterval)." },
     refreshes: count('Calls of refresh that returned session fields.'),
     refreshFailures: count('Calls of refresh that threw or returned something unusable.'),
     logouts: count('Requests sent to log in because their session could not be refreshed.'),

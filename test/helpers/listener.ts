@@ -11,6 +11,7 @@ export function listenerOptions (connection: ListenerOptions['connection'], over
     heartbeatInterval: 60_000,
     heartbeatTimeout: 5000,
     pollInterval: 60_000,
+    userPollInterval: 60_000,
     sessionLifetime: 86_400_000,
     log: testLogger().log,
     ...overrides
