@@ -8,6 +8,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { readSessionVersion } from '../lib/index.js'
 import { buildApp } from '../examples/league/app.js'
+import type { SessionKind } from '../examples/league/sessions.js'
 import { DATA_DIR, readDataSet } from '../examples/league/db/data-set.js'
 import { DEMO_PASSWORD, importDataSet } from '../examples/league/db/import.js'
 import { migrateLeague } from '../examples/league/db/schema.js'
@@ -23,7 +24,9 @@ interface Teardown { teardown (fn: () => unknown): void }
 
 // Each test imports a real week of data, which hashes 60 passwords with scrypt;
 // on a busy machine the file needs more than tap's default 30 s.
-t.setTimeout(120_000)
+t.setTimeout(180_000)
+
+const KINDS: SessionKind[] = ['store', 'secure']
 
 async function leagueDatabase (t: Teardown): Promise<TestDatabase> {
   const db = await createDatabase(t)
@@ -32,16 +35,17 @@ async function leagueDatabase (t: Teardown): Promise<TestDatabase> {
   return db
 }
 
-async function start (t: Teardown, db: TestDatabase, { close = true } = {}): Promise<FastifyInstance> {
-  const app = await buildApp({ databaseUrl: db.url, sessionSecret: SECRET, logger: false })
+async function start (t: Teardown, db: TestDatabase, { close = true, session = 'store' as SessionKind } = {}): Promise<FastifyInstance> {
+  const app = await buildApp({ databaseUrl: db.url, sessionSecret: SECRET, logger: false, session })
   if (close) t.teardown(() => app.close())
   return app
 }
 
+/** The session cookie as sent (still URL-encoded: a secure-session value may hold a ';' once decoded). */
 function cookieOf (response: LightMyRequestResponse): string {
-  const found = response.cookies.find((c) => c.name === 'league.sid')
+  const found = ([] as string[]).concat(response.headers['set-cookie'] ?? []).map((h) => h.split(';', 1)[0]!).find((pair) => pair.startsWith('league.sid='))
   if (found === undefined) throw new Error(`no session cookie in ${response.statusCode} ${response.body}`)
-  return `league.sid=${found.value}`
+  return found
 }
 
 async function login (app: FastifyInstance, email: string, next = '/me'): Promise<string> {
@@ -67,9 +71,9 @@ async function runEtl (db: TestDatabase, app: FastifyInstance, dir = WEEK2): Pro
   return report!.sessionVersion
 }
 
-t.test('after the ETL the session holds the new player id and falls back from a league that is gone', async (t) => {
+for (const session of KINDS) t.test(`after the ETL the session holds the new player id and falls back from a league that is gone (sessions: ${session})`, async (t) => {
   const db = await leagueDatabase(t)
-  const app = await start(t, db)
+  const app = await start(t, db, { session })
   const cookie = await login(app, 'alex.moreno@example.com')
   const before = await me(app, cookie)
   t.equal(before.playerId, await playerId(db, 'alex.moreno@example.com'))
@@ -83,12 +87,14 @@ t.test('after the ETL the session holds the new player id and falls back from a 
   t.equal(after.sessionVersion, version)
 })
 
-t.test('a league the user switched to is kept when it still exists', async (t) => {
+for (const session of KINDS) t.test(`a league the user switched to is kept when it still exists (sessions: ${session})`, async (t) => {
   const db = await leagueDatabase(t)
-  const app = await start(t, db)
-  const cookie = await login(app, 'alex.moreno@example.com')
+  const app = await start(t, db, { session })
+  let cookie = await login(app, 'alex.moreno@example.com')
   const switched = await app.inject({ method: 'POST', url: '/league', payload: { leagueId: 'premier' }, headers: { cookie } })
   t.equal(switched.statusCode, 303)
+  // A stateless session's change travels in the reply's cookie, as a browser keeps it.
+  if (session === 'secure') cookie = cookieOf(switched)
   t.equal((await me(app, cookie)).leagueId, 'premier')
   const bad = await app.inject({ method: 'POST', url: '/league', payload: { leagueId: 'nope' }, headers: { cookie } })
   t.equal(bad.statusCode, 400)
@@ -99,9 +105,9 @@ t.test('a league the user switched to is kept when it still exists', async (t) =
   t.equal(after.playerId, await playerId(db, 'alex.moreno@example.com'))
 })
 
-t.test('a removed player is sent to log in with a message, and cannot log in again', async (t) => {
+for (const session of KINDS) t.test(`a removed player is sent to log in with a message, and cannot log in again (sessions: ${session})`, async (t) => {
   const db = await leagueDatabase(t)
-  const app = await start(t, db)
+  const app = await start(t, db, { session })
   const cookie = await login(app, 'jordan.blake@example.com')
   await runEtl(db, app)
 
@@ -134,20 +140,29 @@ t.test('login checks the password and only redirects within the site', async (t)
   t.equal(anonymous.headers.location, '/login?next=%2Fleague&reason=not-logged-in')
 })
 
-t.test('sessions live in PostgreSQL: they survive a restart and are shared by two app processes', async (t) => {
+for (const session of KINDS) t.test(`sessions (${session}) survive a restart and are shared by two app processes`, async (t) => {
   const db = await leagueDatabase(t)
-  const first = await start(t, db, { close: false })
+  const first = await start(t, db, { close: false, session })
   const cookie = await login(first, 'alex.moreno@example.com')
-  const second = await start(t, db)
+  const second = await start(t, db, { session })
   t.equal((await me(second, cookie)).email, 'alex.moreno@example.com', 'the other app reads the same session')
   await first.close()
-  const restarted = await start(t, db)
+  const restarted = await start(t, db, { session })
   t.equal((await me(restarted, cookie)).email, 'alex.moreno@example.com', 'still logged in after a restart')
 
   const logout = await restarted.inject({ method: 'POST', url: '/logout', headers: { cookie } })
   t.equal(logout.statusCode, 303)
-  const after = await second.inject({ url: '/api/me', headers: { cookie, ...API } })
-  t.equal(after.statusCode, 401, 'logging out in one process logs out in all')
+  if (session === 'store') {
+    const after = await second.inject({ url: '/api/me', headers: { cookie, ...API } })
+    t.equal(after.statusCode, 401, 'logging out in one process logs out in all')
+  } else {
+    // A stateless session lives in the cookie: logging out clears the browser's
+    // copy; a copy kept elsewhere is ended with logoutUser.
+    t.match(logout.headers['set-cookie'], /^league\.sid=;/, 'the cookie is cleared')
+    await restarted.sessionRefresh.logoutUser((await me(second, cookie)).id as number)
+    await second.sessionRefresh.catchUp()
+    t.equal((await second.inject({ url: '/api/me', headers: { cookie, ...API } })).statusCode, 401, 'a replayed copy is refused after logoutUser')
+  }
 })
 
 t.test('a failing import rolls back everything, the version included', async (t) => {

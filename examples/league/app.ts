@@ -1,9 +1,7 @@
 // The tennis-league web app: login, "My player", a league switcher and /api/me,
 // with sessions in PostgreSQL and fastify-session-refresh keeping them current
 // after the ETL re-imports the data and hands every player a fresh id.
-import fastifyCookie from '@fastify/cookie'
-import fastifySession, { type FastifySessionObject, type SessionStore } from '@fastify/session'
-import connectPgSimple from 'connect-pg-simple'
+import type { FastifySessionObject } from '@fastify/session'
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import postgres from 'postgres'
 import sessionRefresh, { safeRedirectPath, type SessionRefreshOptions } from '../../lib/index.js'
@@ -11,6 +9,7 @@ import { leagueQueries, type LeagueQueries, type Player } from './db/queries.js'
 import { verifyPassword } from './db/passwords.js'
 import { leagueBody, loginBody, page, playerBody, type Frame } from './pages.js'
 import { refuseCrossSiteWrites } from './same-origin.js'
+import { SESSION_SECONDS, endSession, registerSessions, startSession, type SessionKind } from './sessions.js'
 
 declare module 'fastify' {
   interface Session {
@@ -35,15 +34,11 @@ export interface LeagueAppOptions {
   serverName?: string
   /** Shown on the login page, e.g. 'alex.moreno@example.com / tennis'. @default null */
   demoLogin?: string | null
+  /** Sessions in PostgreSQL ('store') or in an encrypted cookie ('secure'). @default 'store' */
+  session?: SessionKind
   /** Passed to the plugin as they are; tests tune the listener with them. */
   sessionRefresh?: Partial<Omit<SessionRefreshOptions, 'connection' | 'refresh'>>
 }
-
-// connect-pg-simple is written for express-session and only reads `.Store` from
-// the module it is given; @fastify/session exports a compatible one.
-const PgStore = connectPgSimple(fastifySession as unknown as Parameters<typeof connectPgSimple>[0])
-
-const WEEK_SECONDS = 7 * 24 * 60 * 60
 
 export async function buildApp (options: LeagueAppOptions): Promise<FastifyInstance> {
   // Request logs are off so that the plugin's "Refreshing stale session" lines stand out.
@@ -53,31 +48,19 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
   app.addHook('onClose', () => sql.end({ timeout: 5 }))
   const db = leagueQueries(sql)
 
-  const store = new PgStore({
-    conString: options.databaseUrl,
-    tableName: 'session',
-    ttl: WEEK_SECONDS,
-    errorLog: (...args: unknown[]) => app.log.error({ args }, 'Session store error')
-  })
-  app.addHook('onClose', () => store.close())
-
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
     done(null, Object.fromEntries(new URLSearchParams(String(body))))
   })
 
   // First of all hooks: a refused cross-site post never reaches the session.
   app.addHook('onRequest', refuseCrossSiteWrites)
-  await app.register(fastifyCookie)
-  await app.register(fastifySession, {
-    secret: options.sessionSecret,
-    cookieName: 'league.sid',
-    store: store as unknown as SessionStore,
-    // Anonymous visitors get no session row; only a login creates one.
-    saveUninitialized: false,
-    cookie: { secure: 'auto', httpOnly: true, sameSite: 'lax', maxAge: WEEK_SECONDS * 1000 }
-  })
+  await registerSessions(app, options.session ?? 'store', options.databaseUrl, options.sessionSecret)
   await app.register(sessionRefresh, {
     connection: options.databaseUrl,
+    // The app's own pool for the plugin's reads and writes: it adds only its LISTEN connection.
+    sql,
+    // A logout holds as long as a session can live.
+    sessionLifetime: SESSION_SECONDS * 1000,
     requiredFields: ['email', 'playerId', 'leagueId'],
     refresh: (session) => refreshSession(db, session),
     ...options.sessionRefresh
@@ -99,7 +82,7 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     const email = request.session.get('email')
     const player = email === undefined ? null : await db.playerByEmail(email)
     if (player === null) {
-      await request.session.destroy()
+      await endSession(request)
       await reply.redirect('/login?reason=user-gone', 302)
       return null
     }
@@ -140,7 +123,7 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
       return reply.code(401).type('text/html').send(page('Log in', frame(request, null), body))
     }
     // A new session id on login, so an id planted before login is worthless after it.
-    await request.session.regenerate()
+    await startSession(request)
     request.session.set('id', account.id)
     request.session.set('email', player.email)
     request.session.set('playerId', player.id)
@@ -152,7 +135,7 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
 
   // A logout needs no fresh data, and must not wait for a refresh.
   app.post('/logout', { config: { sessionRefresh: false } }, async (request, reply) => {
-    await request.session.destroy()
+    await endSession(request)
     return reply.redirect('/login?reason=logged-out', 303)
   })
 

@@ -38,6 +38,7 @@ try {
 const app = await buildApp({
   databaseUrl: database.url,
   sessionSecret: process.env.SESSION_SECRET ?? DEMO_SECRET,
+  session: process.env.SESSION === 'secure' ? 'secure' : 'store',
   logger: { level: process.env.LOG_LEVEL ?? 'info' },
   serverName: `:${port} (pid ${process.pid})`,
   demoLogin: `${DEMO_EMAIL} / ${DEMO_PASSWORD}`

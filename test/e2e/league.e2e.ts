@@ -37,11 +37,106 @@ try {
   // Fresh each run, so the logs and screenshots there are this run's.
   await rm(ARTIFACTS, { recursive: true, force: true })
   await mkdir(ARTIFACTS, { recursive: true })
-  const url = await freshDatabase()
+  const server = await testServer()
+  // The same flow with sessions in PostgreSQL, then in an encrypted cookie.
+  for (const kind of ['store', 'secure'] as const) await flow(server, kind)
+} catch (err) {
+  failed++
+  console.log(`not ok - setup\n  ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
+} finally {
+  for (const cleanup of cleanups.reverse()) {
+    await cleanup().catch((err: unknown) => console.error(`# cleanup: ${String(err)}`))
+  }
+}
+console.log(`${passed} passed, ${failed} failed`)
+process.exitCode = failed === 0 && passed > 0 ? 0 : 1
+
+function expect (actual: string, wanted: string | RegExp, what: string): void {
+  const ok = typeof wanted === 'string' ? actual === wanted : wanted.test(actual)
+  if (!ok) throw new Error(`${what}: expected ${String(wanted)}, got ${JSON.stringify(actual)}`)
+}
+
+async function text (page: Page, testId: string): Promise<string> {
+  return (await page.getByTestId(testId).innerText({ timeout: WAIT_MS })).trim()
+}
+
+async function logIn (page: Page, origin: string, email: string): Promise<void> {
+  await page.goto(`${origin}/`)
+  await page.getByLabel('Email').fill(email)
+  await page.getByLabel('Password').fill(PASSWORD)
+  await Promise.all([page.waitForURL(`${origin}/me`), page.getByRole('button', { name: 'Log in' }).click()])
+}
+
+/** DATABASE_URL's server, or an embedded one started (and stopped) here, once for the whole run. */
+async function testServer (): Promise<ServerInfo> {
+  if (process.env.DATABASE_URL !== undefined && process.env.DATABASE_URL !== '') return { kind: 'env', url: process.env.DATABASE_URL }
+  const server = await startServer()
+  cleanups.push(() => stopServer(server))
+  return server
+}
+
+/** A database of this flow's own on the run's server. */
+async function freshDatabase (server: ServerInfo): Promise<string> {
+  const name = `league_e2e_${randomBytes(5).toString('hex')}`
+  const admin = postgres(server.url, { max: 1, onnotice: () => {} })
+  await admin.unsafe(`create database ${name}`)
+  await admin.end()
+  cleanups.push(async () => {
+    const cleanup = postgres(server.url, { max: 1, onnotice: () => {} })
+    await cleanup.unsafe(`drop database if exists ${name} with (force)`)
+    await cleanup.end()
+  })
+  return databaseUrl(server.url, name)
+}
+
+/** `npm start`'s script with DATABASE_URL, PORT and SESSION; resolves once it prints its URL. */
+async function startApp (url: string, port: number, kind: 'store' | 'secure'): Promise<{ origin: string, child: ChildProcess }> {
+  const child = spawn(TSX, ['examples/league/start.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, DATABASE_URL: url, PORT: String(port), SESSION: kind },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  cleanups.push(() => stopChild(child))
+  const log = createWriteStream(`${ARTIFACTS}app-${port}.log`)
+  child.stderr.pipe(log)
+  let output = ''
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`app on port ${port} did not start:\n${output}`)), WAIT_MS)
+    child.stdout.on('data', (chunk: Buffer) => {
+      output += String(chunk)
+      log.write(chunk)
+      if (output.includes(`Tennis league on http://localhost:${port}`)) { clearTimeout(timer); resolve() }
+    })
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`app on port ${port} exited (${code}):\n${output}`)) })
+  })
+  return { origin: `http://localhost:${port}`, child }
+}
+
+async function stopChild (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  await exited
+}
+
+/** Polls the app's public /status until its in-memory version is `version`. */
+async function waitForVersion (origin: string, version: number): Promise<void> {
+  const until = Date.now() + WAIT_MS
+  for (;;) {
+    const status = await (await fetch(`${origin}/status`)).json() as { version: number }
+    if (status.version === version) return
+    if (Date.now() > until) throw new Error(`${origin} still has version ${status.version}, not ${version}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Two app processes on one fresh database, sessions of `kind`, driven in Chromium step by step. */
+async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void> {
+  const url = await freshDatabase(server)
   const sql = postgres(url, { max: 2, onnotice: () => {} })
   cleanups.push(() => sql.end({ timeout: 5 }))
   const ports = [await freePort(), await freePort()] as const
-  const apps = await Promise.all(ports.map((port) => startApp(url, port)))
+  const apps = await Promise.all(ports.map((port) => startApp(url, port, kind)))
   const [first, second] = apps.map((app) => app.origin) as [string, string]
 
   const browser: Browser = await chromium.launch({
@@ -76,7 +171,7 @@ try {
       name: 'runs the ETL with the second data set as a separate process',
       run: async () => {
         const { stdout } = await run(TSX, ['examples/league/etl.ts', '--data', WEEK2], { cwd: ROOT, env: { ...process.env, DATABASE_URL: url } })
-        await writeFile(`${ARTIFACTS}etl.log`, stdout)
+        await writeFile(`${ARTIFACTS}etl-${kind}.log`, stdout)
         const match = /session_version is now (\d+)/.exec(stdout)
         if (match === null) throw new Error(`the ETL did not print the new version:\n${stdout}`)
         version = Number(match[1])
@@ -113,13 +208,13 @@ try {
         expect(landed.pathname, '/login', 'path')
         expect(landed.searchParams.get('reason') ?? '', 'user-gone', 'reason')
         expect(await text(removed, 'login-message'), /no longer in the league data/, 'message')
-        await removed.screenshot({ path: `${ARTIFACTS}league-removed.png` })
+        await removed.screenshot({ path: `${ARTIFACTS}league-removed-${kind}.png` })
       }
     },
     {
       name: 'saves a screenshot of the refreshed page',
       run: async () => {
-        const path = `${ARTIFACTS}league-refreshed.png`
+        const path = `${ARTIFACTS}league-refreshed-${kind}.png`
         await demo.screenshot({ path, fullPage: false })
         if ((await stat(path)).size < 10_000) throw new Error(`${path} is suspiciously small`)
       }
@@ -130,97 +225,10 @@ try {
     try {
       await step.run()
       passed++
-      console.log(`ok - ${step.name}`)
+      console.log(`ok - ${kind} sessions: ${step.name}`)
     } catch (err) {
       failed++
-      console.log(`not ok - ${step.name}\n  ${err instanceof Error ? err.message : String(err)}`.replaceAll('\n', '\n  '))
+      console.log(`not ok - ${kind} sessions: ${step.name}\n  ${err instanceof Error ? err.message : String(err)}`.replaceAll('\n', '\n  '))
     }
-  }
-} catch (err) {
-  failed++
-  console.log(`not ok - setup\n  ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
-} finally {
-  for (const cleanup of cleanups.reverse()) {
-    await cleanup().catch((err: unknown) => console.error(`# cleanup: ${String(err)}`))
-  }
-}
-console.log(`${passed} passed, ${failed} failed`)
-process.exitCode = failed === 0 && passed > 0 ? 0 : 1
-
-function expect (actual: string, wanted: string | RegExp, what: string): void {
-  const ok = typeof wanted === 'string' ? actual === wanted : wanted.test(actual)
-  if (!ok) throw new Error(`${what}: expected ${String(wanted)}, got ${JSON.stringify(actual)}`)
-}
-
-async function text (page: Page, testId: string): Promise<string> {
-  return (await page.getByTestId(testId).innerText({ timeout: WAIT_MS })).trim()
-}
-
-async function logIn (page: Page, origin: string, email: string): Promise<void> {
-  await page.goto(`${origin}/`)
-  await page.getByLabel('Email').fill(email)
-  await page.getByLabel('Password').fill(PASSWORD)
-  await Promise.all([page.waitForURL(`${origin}/me`), page.getByRole('button', { name: 'Log in' }).click()])
-}
-
-/** A database of this run's own: in DATABASE_URL's server, or in an embedded one started (and stopped) here. */
-async function freshDatabase (): Promise<string> {
-  let server: ServerInfo
-  if (process.env.DATABASE_URL !== undefined && process.env.DATABASE_URL !== '') {
-    server = { kind: 'env', url: process.env.DATABASE_URL }
-  } else {
-    server = await startServer()
-    cleanups.push(() => stopServer(server))
-  }
-  const name = `league_e2e_${randomBytes(5).toString('hex')}`
-  const admin = postgres(server.url, { max: 1, onnotice: () => {} })
-  await admin.unsafe(`create database ${name}`)
-  await admin.end()
-  cleanups.push(async () => {
-    const cleanup = postgres(server.url, { max: 1, onnotice: () => {} })
-    await cleanup.unsafe(`drop database if exists ${name} with (force)`)
-    await cleanup.end()
-  })
-  return databaseUrl(server.url, name)
-}
-
-/** `npm start`'s script with DATABASE_URL and PORT; resolves once it prints its URL. */
-async function startApp (url: string, port: number): Promise<{ origin: string, child: ChildProcess }> {
-  const child = spawn(TSX, ['examples/league/start.ts'], {
-    cwd: ROOT,
-    env: { ...process.env, DATABASE_URL: url, PORT: String(port) },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  cleanups.push(() => stopChild(child))
-  const log = createWriteStream(`${ARTIFACTS}app-${port}.log`)
-  child.stderr.pipe(log)
-  let output = ''
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`app on port ${port} did not start:\n${output}`)), WAIT_MS)
-    child.stdout.on('data', (chunk: Buffer) => {
-      output += String(chunk)
-      log.write(chunk)
-      if (output.includes(`Tennis league on http://localhost:${port}`)) { clearTimeout(timer); resolve() }
-    })
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`app on port ${port} exited (${code}):\n${output}`)) })
-  })
-  return { origin: `http://localhost:${port}`, child }
-}
-
-async function stopChild (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGTERM')
-  await exited
-}
-
-/** Polls the app's public /status until its in-memory version is `version`. */
-async function waitForVersion (origin: string, version: number): Promise<void> {
-  const until = Date.now() + WAIT_MS
-  for (;;) {
-    const status = await (await fetch(`${origin}/status`)).json() as { version: number }
-    if (status.version === version) return
-    if (Date.now() > until) throw new Error(`${origin} still has version ${status.version}, not ${version}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
   }
 }

@@ -1,0 +1,137 @@
+// Issue 13: one scenario suite, run in every cell of the matrix of session
+// stacks (test/matrix/cell.ts), with real stores: memory, connect-pg-simple
+// on PostgreSQL, connect-redis on Redis, and @fastify/secure-session's
+// encrypted cookie; each with and without @fastify/passport.
+import t from 'tap'
+import { bumpSessionVersion } from '../lib/index.js'
+import { PAGE } from './helpers/app.js'
+import { createDatabase, eventually } from './helpers/database.js'
+import { buildCell, cookieOf, type Cell, type Stack } from './matrix/cell.js'
+
+const db = await createDatabase(t)
+const STACKS: Stack[] = ['memory', 'pg', 'redis', 'secure']
+let nextId = 1000
+
+async function bump (cell: Cell): Promise<number> {
+  const version = await bumpSessionVersion(db.sql)
+  for (const app of cell.apps) await eventually(`version ${version}`, () => app.sessionRefresh.version === version)
+  return version
+}
+
+/** A user of the cell's directory, with an id of its own. */
+function user (cell: Cell): number {
+  const id = nextId++
+  cell.users.set(id, { id, playerId: id * 10, deleted: false })
+  return id
+}
+
+for (const stack of STACKS) {
+  for (const passport of [false, true]) {
+    t.test(`${stack}${passport ? ' + passport' : ''}`, async (t) => {
+      const cell = await buildCell(t, { stack, passport }, db.url)
+      t.comment(cell.name)
+
+      t.test('login, then a bump: refreshed once, with the fresh data, on either instance', async (t) => {
+        const id = user(cell)
+        const cookie = await cell.login(0, id)
+        cell.users.get(id)!.playerId = 77
+        await bump(cell)
+        const calls = cell.refreshCalls.length
+        const first = await cell.get(1, cookie, '/me')
+        t.same(first.json(), { id, playerId: 77, authenticated: true })
+        // A stateless session's new stamp travels in the new cookie.
+        const next = stack === 'secure' ? cookieOf(first) : cookie
+        t.same((await cell.get(0, next, '/me')).json(), { id, playerId: 77, authenticated: true })
+        t.equal(cell.refreshCalls.length - calls, 1, 'one refresh in all')
+      })
+
+      t.test('a deleted user: a page gets a 302, an API a 401, and a login page sees nobody logged in', async (t) => {
+        const page = user(cell)
+        const api = user(cell)
+        const loginPage = user(cell)
+        const cookies = [await cell.login(0, page), await cell.login(0, api), await cell.login(0, loginPage)]
+        for (const id of [page, api, loginPage]) cell.users.get(id)!.deleted = true
+        await bump(cell)
+        const redirected = await cell.get(1, cookies[0], '/me', PAGE)
+        t.equal(redirected.statusCode, 302)
+        t.equal(redirected.headers.location, '/login?next=%2Fme&reason=user-gone')
+        t.match((await cell.get(1, cookies[1], '/me')).json(), { statusCode: 401, reason: 'user-gone' })
+        // The login route goes on with the emptied session: passport, too, sees no user.
+        t.same((await cell.get(1, cookies[2], '/login')).json(), { id: null, playerId: null, authenticated: false, user: null })
+      })
+
+      t.test('session_logout_user on one instance is seen on the other', async (t) => {
+        const id = user(cell)
+        const cookie = await cell.login(0, id)
+        t.equal((await cell.get(1, cookie, '/me')).statusCode, 200)
+        await db.sql`select session_logout_user(${String(id)})`
+        await eventually('instance 1 to log the session out', async () => (await cell.get(1, cookie, '/me')).statusCode === 401)
+        t.match((await cell.get(0, cookie, '/me')).json(), { reason: stack === 'secure' ? 'user-logout' : 'not-logged-in' },
+          stack === 'secure' ? 'the cookie still says who it was: logged out again' : 'the store no longer has the session')
+      })
+
+      t.test('refreshUser refreshes that user only, on the other instance too', async (t) => {
+        const id = user(cell)
+        const other = user(cell)
+        const cookies = [await cell.login(0, id), await cell.login(0, other)]
+        cell.users.get(id)!.playerId = 55
+        cell.users.get(other)!.playerId = 66
+        const calls = cell.refreshCalls.length
+        await cell.apps[0]!.sessionRefresh.refreshUser(id)
+        await cell.apps[1]!.sessionRefresh.catchUp()
+        t.equal((await cell.get(1, cookies[0], '/me')).json().playerId, 55)
+        t.equal((await cell.get(1, cookies[1], '/me')).json().playerId, other * 10, 'the other user is not refreshed')
+        t.same(cell.refreshCalls.slice(calls), [id])
+      })
+
+      t.test('logoutUser with keep: the session that asked stays in, on both instances; the others are out', async (t) => {
+        const id = user(cell)
+        const kept = await cell.login(0, id)
+        const elsewhere = await cell.login(1, id)
+        const changed = await cell.post(0, kept, '/password')
+        t.equal(changed.statusCode, 200)
+        await cell.apps[1]!.sessionRefresh.catchUp()
+        const keptNow = stack === 'secure' ? cookieOf(changed) : kept
+        t.equal((await cell.get(1, keptNow, '/me')).statusCode, 200)
+        t.equal((await cell.get(0, keptNow, '/me')).statusCode, 200)
+        t.match((await cell.get(1, elsewhere, '/me')).json(), { reason: 'user-logout' })
+      })
+
+      t.test('a tampered cookie is a logged-out session, not a crash', async (t) => {
+        const id = user(cell)
+        const cookie = await cell.login(0, id)
+        const tampered = `${cookie.slice(0, -4)}${cookie.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`
+        t.match((await cell.get(1, tampered, '/me')).json(), { statusCode: 401, reason: 'not-logged-in' })
+        t.same((await cell.get(1, tampered, '/public')).json(), { id: null, playerId: null, authenticated: false })
+      })
+
+      t.test('sessionRefresh: false skips the refresh; loginRequired sends logged-out requests to log in', async (t) => {
+        const id = user(cell)
+        const cookie = await cell.login(0, id)
+        cell.users.get(id)!.playerId = 88
+        await bump(cell)
+        const calls = cell.refreshCalls.length
+        t.same((await cell.get(1, cookie, '/unchecked')).json(), { id, playerId: id * 10, authenticated: true })
+        t.equal(cell.refreshCalls.length, calls, 'no refresh there')
+        t.equal((await cell.get(1, undefined, '/me', PAGE)).headers.location, '/login?next=%2Fme&reason=not-logged-in')
+      })
+
+      t.test('a cookie captured before a logout and replayed after it is logged out; one from before a bump is refreshed, not trusted', async (t) => {
+        const id = user(cell)
+        const captured = await cell.login(0, id)
+        cell.users.get(id)!.playerId = 99
+        await bump(cell)
+        const calls = cell.refreshCalls.length
+        t.equal((await cell.get(1, captured, '/me')).json().playerId, 99)
+        if (stack === 'secure') {
+          // The old cookie still holds the old stamp: replayed, it is read again.
+          t.equal((await cell.get(0, captured, '/me')).json().playerId, 99)
+          t.equal(cell.refreshCalls.length - calls, 2, 'refreshed each time the old cookie came back')
+        }
+        await cell.apps[0]!.sessionRefresh.logoutUser(id)
+        await cell.apps[1]!.sessionRefresh.catchUp()
+        t.equal((await cell.get(1, captured, '/me')).statusCode, 401, 'the replayed cookie is refused')
+      })
+    })
+  }
+}
