@@ -34,6 +34,9 @@ for (const stack of STACKS) {
       t.test('login, then a bump: refreshed once, with the fresh data, on either instance', async (t) => {
         const id = user(cell)
         const cookie = await cell.login(0, id)
+        const before = cell.refreshCalls.length
+        t.equal((await cell.get(1, cookie, '/me')).statusCode, 200)
+        t.equal(cell.refreshCalls.length, before, 'the login\'s stamp survived the session\'s regeneration: no refresh')
         cell.users.get(id)!.playerId = 77
         await bump(cell)
         const calls = cell.refreshCalls.length
@@ -43,6 +46,20 @@ for (const stack of STACKS) {
         const next = stack === 'secure' ? cookieOf(first) : cookie
         t.same((await cell.get(0, next, '/me')).json(), { id, playerId: 77, authenticated: true })
         t.equal(cell.refreshCalls.length - calls, 1, 'one refresh in all')
+      })
+
+      t.test('login regenerates the session: an id planted before it is worthless after it', async (t) => {
+        if (stack === 'secure') {
+          // Not a scenario this cell has: secure-session has no session id to plant,
+          // the whole session is the cookie, which every login replaces.
+          t.comment('not applicable: secure-session has no session id (the README says so)')
+          return
+        }
+        const planted = cookieOf(await cell.get(0, undefined, '/public'))
+        const id = user(cell)
+        const response = await cell.apps[0]!.inject({ method: 'POST', url: '/login', payload: { id, password: 'secret' }, headers: { cookie: planted } })
+        t.not(cookieOf(response), planted, 'a new session id')
+        t.match((await cell.get(1, planted, '/me')).json(), { reason: 'not-logged-in' }, 'the planted id is not logged in')
       })
 
       t.test('a deleted user: a page gets a 302, an API a 401, and a login page sees nobody logged in', async (t) => {
