@@ -1,9 +1,11 @@
+import { readFile } from 'node:fs/promises'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { VersionListener, type ListenerStatus } from './database/listener.js'
 import { UserChanges } from './database/user-changes.js'
 import { InvalidOptionError } from './errors.js'
 import { resolveOptions, type ResolvedOptions, type SessionRefreshOptions } from './options.js'
+import { EventStreams } from './request/events.js'
 import { createHook } from './request/hook.js'
 import { identityKey, type Identity } from './request/identity.js'
 import { loginPage } from './request/login.js'
@@ -143,9 +145,22 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       return change.version
     }
   } satisfies SessionRefreshDecorator)
-  if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
-
   installHook(fastify, createHook({ options, view: listener, adapter, refresher, login, onLogout: () => { logouts++ } }), login)
+  if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
+  if (options.events !== false) {
+    await new EventStreams({
+      path: options.events,
+      keepAlive: options.eventsKeepAlive,
+      maxStreams: options.maxEventStreams,
+      maxStreamsPerSession: options.maxEventStreamsPerSession,
+      loginUrl: options.loginUrl,
+      stampField: options.stampField,
+      identify: options.identify,
+      adapter,
+      view: listener,
+      clientScript: await readFile(new URL('../client/session-refresh.js', import.meta.url), 'utf8')
+    }).register(fastify)
+  }
 }
 
 type Versions = Pick<VersionListener, 'version' | 'logoutClock' | 'user' | 'userCount'>

@@ -117,6 +117,29 @@ export interface SessionRefreshOptions {
    */
   statusRoute?: string | false
   /**
+   * A path such as `'/session-refresh/events'` for a `text/event-stream` that
+   * tells open pages of new data and of a logout; the browser client is served
+   * at `<path>/client.js`. `false`: no stream.
+   * @default false
+   */
+  events?: string | false
+  /**
+   * Milliseconds between the comment lines that keep idle event streams open
+   * through proxies (unless the app registered @fastify/sse itself).
+   * @default 25000
+   */
+  eventsKeepAlive?: number
+  /**
+   * Event streams one session may have open at once (its tabs); more get 429.
+   * @default 4
+   */
+  maxEventStreamsPerSession?: number
+  /**
+   * Event streams one instance holds at most; more get 429.
+   * @default 10000
+   */
+  maxEventStreams?: number
+  /**
    * Milliseconds a session can live (your cookie's maxAge, or secure-session's
    * expiry): a logout is enforced for this long after it was made.
    * @default 86400000 (one day)
@@ -150,6 +173,10 @@ const DEFAULTS = {
   pollInterval: 30_000,
   userPollInterval: 1_000,
   statusRoute: false,
+  events: false,
+  eventsKeepAlive: 25_000,
+  maxEventStreamsPerSession: 4,
+  maxEventStreams: 10_000,
   sessionLifetime: 86_400_000,
   schema: 'public'
 } satisfies Omit<SessionRefreshOptions, 'connection' | 'refresh' | 'identify'>
@@ -163,6 +190,8 @@ const timer: Check = (value) =>
   Number.isSafeInteger(value) && (value as number) >= 1 && (value as number) <= MAX_TIMER_MS
     ? null
     : `a whole number of milliseconds from 1 to ${MAX_TIMER_MS} (the longest timer Node runs)`
+const path: Check = (value) =>
+  value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false"
 const nonEmptyString: Check = (value) =>
   typeof value === 'string' && value.length > 0 ? null : 'a non-empty string'
 
@@ -190,8 +219,11 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   pollInterval: timer,
   userPollInterval: timer,
   sessionLifetime: positiveInteger,
-  statusRoute: (value) =>
-    value === false || (typeof value === 'string' && value.startsWith('/')) ? null : "a path starting with '/', or false",
+  statusRoute: path,
+  events: path,
+  eventsKeepAlive: timer,
+  maxEventStreamsPerSession: positiveInteger,
+  maxEventStreams: positiveInteger,
   schema: (value) =>
     typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= MAX_SCHEMA_BYTES
       ? null

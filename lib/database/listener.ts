@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Sql } from 'postgres'
 import { CannotListenError, DatabaseUnavailableError } from '../errors.js'
-import type { UserState, VersionView } from '../request/view.js'
+import type { UserState, VersionChange, VersionView } from '../request/view.js'
 import { jitter, withTimeout } from '../timeout.js'
 import { channelFor } from './channel.js'
 import { connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
@@ -106,6 +106,7 @@ export class VersionListener implements VersionView {
   #loggedVersion = 0
   #lastHeartbeatAt: Date | null = null
   readonly #timers = new Set<NodeJS.Timeout>()
+  readonly #changeListeners: Array<(change: VersionChange) => void> = []
 
   constructor (options: ListenerOptions) {
     this.#options = options
@@ -123,6 +124,7 @@ export class VersionListener implements VersionView {
       dropConnection: () => this.#querySockets.destroyAll(),
       onReadStart: () => this.#generation,
       onReadEnd: (started, err) => this.#readEnded(started, err),
+      onApplied: (change) => { for (const listener of this.#changeListeners) listener(change) },
       spacing: READ_SPACING_MS
     })
   }
@@ -144,6 +146,10 @@ export class VersionListener implements VersionView {
   user (key: string): UserState | undefined { return this.#versions.user(key) }
   mark (): number { return this.#versions.mark() }
   changedSince (key: string, mark: number): boolean { return this.#versions.changedSince(key, mark) }
+
+  onChange (listener: (change: VersionChange) => void): void {
+    this.#changeListeners.push(listener)
+  }
 
   catchUp (timeout: number): Promise<boolean> {
     return withTimeout(this.#sync.request(), timeout, () => false)

@@ -3,6 +3,7 @@ import { MissingTableError, QueryTimeoutError } from '../errors.js'
 import { withTimeout } from '../timeout.js'
 import { quoteIdentifier, withTableCheck } from './migrate.js'
 import { parseVersionOrThrow } from './version.js'
+import type { VersionChange } from '../request/view.js'
 import type { ReadResult, UserRow, Versions } from './versions.js'
 
 export interface SyncOptions {
@@ -18,6 +19,8 @@ export interface SyncOptions {
   /** Told when a read starts; its answer comes back with `onReadEnd`. */
   onReadStart: () => number
   onReadEnd: (started: number, error: unknown) => void
+  /** Told what a read changed, once it is applied. */
+  onApplied: (change: VersionChange) => void
   /** The least time between the starts of two reads, so a flood of hints costs a bounded number of reads. */
   spacing: number
 }
@@ -105,10 +108,11 @@ export class Sync {
       // time (a point-in-time restore): only a full read shows what is there now.
       result = await this.#readPages(null)
     }
-    this.#options.versions.apply(result)
+    const change = this.#options.versions.apply(result)
     this.#readFromXid = result.xmin
     this.#generation = result.generation
     this.lastSyncAt = new Date()
+    this.#options.onApplied(change)
   }
 
   /**

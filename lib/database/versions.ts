@@ -1,4 +1,4 @@
-import type { UserState, VersionView } from '../request/view.js'
+import type { UserState, VersionChange, VersionView } from '../request/view.js'
 
 /** One row of session_user_versions as a read returns it. */
 export interface UserRow extends UserState {
@@ -33,7 +33,7 @@ interface Entry extends UserState {
  * them: a notification is a hint to read, never a value to apply, since any
  * role that can connect can send one.
  */
-export class Versions implements Omit<VersionView, 'catchUp'> {
+export class Versions implements Omit<VersionView, 'catchUp' | 'onChange'> {
   version = 0
   logoutClock = 0
   notifyUsers = true
@@ -66,8 +66,9 @@ export class Versions implements Omit<VersionView, 'catchUp'> {
    * The table is the truth: its values replace what was known, lower ones too
    * (a restore). Reads are applied one at a time, in the order they started.
    */
-  apply (result: ReadResult): void {
+  apply (result: ReadResult): VersionChange {
     const read = ++this.#reads
+    const changed: string[] = []
     const previous = result.full ? new Map(this.#users) : this.#users
     if (result.full) this.#users.clear()
     for (const { userId, updatedAt, changedXid: _, ...state } of result.users) {
@@ -75,11 +76,14 @@ export class Versions implements Omit<VersionView, 'catchUp'> {
       // An unchanged row (a full read) keeps the read that last changed it.
       const same = known !== undefined && known.version === state.version && known.logoutSeq === state.logoutSeq && known.keep === state.keep
       this.#users.set(userId, { ...state, updatedAt, read: same ? known.read : read })
+      if (!same) changed.push(userId)
     }
+    const versionMoved = result.version !== this.version
     this.version = result.version
     this.logoutClock = result.logoutClock
     this.notifyUsers = result.notifyUsers
     this.#clockOffset = result.clockOffset
+    return { version: versionMoved, users: changed }
   }
 
   /**

@@ -75,6 +75,15 @@ function loggedOutUnder010 (session: SessionFields, key: string, view: VersionVi
   return (view.user(key)?.legacyLogoutVersion ?? 0) > (typeof stamped === 'number' ? stamped : 0)
 }
 
+// Requests whose session the check ended, and why: a login route goes on to
+// its handler, which may want to know (the event stream tells the page).
+const loggedOutRequests = new WeakMap<FastifyRequest, LoginReason>()
+
+/** Why the check ended this request's session, or null when it did not. */
+export function forcedLogoutOf (request: FastifyRequest): LoginReason | null {
+  return loggedOutRequests.get(request) ?? null
+}
+
 /** A stamp keeps the identity as JSON can: a bigint id as its digits. */
 function sameIdentity (stamped: string | number, identity: unknown): boolean {
   return stamped === identity || (typeof identity === 'bigint' && stamped === String(identity))
@@ -206,6 +215,7 @@ class SlowPath {
     visit.request.log.info({ userId: visit.key, reason }, `Falling back to login for user: ${visit.key}`)
     this.#deps.onLogout()
     await this.#empty(visit)
+    loggedOutRequests.set(visit.request, reason)
     if (visit.route.loginRoute) return false
     // The reply may still be on its way (the session store saves in onSend), so
     // the handler must be skipped on our word, not on reply.sent.

@@ -18,6 +18,16 @@ export interface VersionView {
   changedSince (key: string, mark: number): boolean
   /** Re-reads the tables now; resolves false if that failed or took longer than `timeout` ms. */
   catchUp (timeout: number): Promise<boolean>
+  /** Tells `listener` what each read changed: for the event streams, which tell open pages. */
+  onChange (listener: (change: VersionChange) => void): void
+}
+
+/** What one read of the tables changed in memory. */
+export interface VersionChange {
+  /** The global version moved. */
+  version: boolean
+  /** The keys of the users whose row changed. */
+  users: string[]
 }
 
 /** One user's row of session_user_versions, as the table last said. */
