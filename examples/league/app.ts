@@ -40,6 +40,8 @@ export interface LeagueAppOptions {
   sessionRefresh?: Partial<Omit<SessionRefreshOptions, 'connection' | 'refresh'>>
 }
 
+const EVENTS = '/session-refresh/events'
+
 export async function buildApp (options: LeagueAppOptions): Promise<FastifyInstance> {
   // Request logs are off so that the plugin's "Refreshing stale session" lines stand out.
   const app = Fastify({ logger: options.logger ?? true, logController: new LogController({ disableRequestLogging: true }) })
@@ -61,6 +63,8 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     sql,
     // A logout holds as long as a session can live.
     sessionLifetime: SESSION_SECONDS * 1000,
+    // Open pages are told of new data (a banner) and of a logout (to the login page).
+    events: EVENTS,
     requiredFields: ['email', 'playerId', 'leagueId'],
     refresh: (session) => refreshSession(db, session),
     ...options.sessionRefresh
@@ -70,7 +74,8 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     user,
     sessionVersion: request.session.get('sessionRefresh')?.v ?? null,
     serverVersion: app.sessionRefresh.version,
-    server: serverName
+    server: serverName,
+    events: EVENTS
   })
 
   /**
@@ -137,6 +142,12 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
   app.post('/logout', { config: { sessionRefresh: false } }, async (request, reply) => {
     await endSession(request)
     return reply.redirect('/login?reason=logged-out', 303)
+  })
+
+  // Every other session of this player, in any browser and on any app process, must log in again.
+  app.post('/logout-others', { config: { loginRequired: true } }, async (request, reply) => {
+    await app.sessionRefresh.logoutUser(request.session.get('id')!, { keep: request })
+    return reply.redirect('/me', 303)
   })
 
   app.get('/me', { config: { loginRequired: true } }, async (request, reply) => {

@@ -24,6 +24,8 @@ export interface Frame {
   sessionVersion: number | null
   serverVersion: number
   server: string
+  /** The event stream's path, for pages of a logged-in user: they are told of new data and of a logout. */
+  events: string | null
 }
 
 const STYLE = `
@@ -51,7 +53,12 @@ export function page (title: string, frame: Frame, body: Safe): string {
   const { user } = frame
   return html`<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><title>${title} · Tennis league</title><style>${new Safe(STYLE)}</style></head>
+<head><meta charset="utf-8"><title>${title} · Tennis league</title><style>${new Safe(STYLE)}</style>
+${user !== null && frame.events !== null
+  ? html`<meta name="session-version" content="${frame.serverVersion}">
+<script type="module" src="${frame.events}/client.js?start"></script>`
+  : ''}
+</head>
 <body>
 <header>
   <strong>Tennis league</strong>
@@ -78,7 +85,8 @@ const MESSAGES: Record<string, string> = {
   'user-gone': 'Your player record is no longer in the league data: the latest import removed it. Please log in again, or ask the league secretary.',
   'refresh-error': 'Your session could not be refreshed just now. Please log in again.',
   'not-logged-in': 'Please log in to see that page.',
-  'logged-out': 'You are logged out.'
+  'logged-out': 'You are logged out.',
+  'user-logout': 'You were logged out everywhere. Please log in again.'
 }
 
 export function loginBody (options: { next: string, reason: string | undefined, error: string | null, email: string, demo: string | null }): Safe {
@@ -97,6 +105,7 @@ ${options.demo !== null ? html`<p class="note">Demo login: <code>${options.demo}
 
 export function playerBody (player: Player, sessionPlayerId: number, standing: StandingRow | undefined, matches: MatchRow[]): Safe {
   return html`<h1>My player</h1>
+<form method="post" action="/logout-others"><button type="submit" data-testid="logout-others">Log out everywhere else</button></form>
 <dl>
   <dt>Name</dt><dd data-testid="player-name">${player.name}</dd>
   <dt>Player id</dt><dd data-testid="player-id">${sessionPlayerId}</dd>

@@ -24,6 +24,7 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const WAIT_MS = 30_000
 
 const DEMO = 'alex.moreno@example.com'
+const OTHER = 'ada.lund@example.com'
 const REMOVED = 'jordan.blake@example.com'
 const PASSWORD = 'tennis'
 
@@ -145,8 +146,14 @@ async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void
   })
   cleanups.push(() => browser.close())
   // One browser profile per user, so each has its own session cookie.
-  const demo = await (await browser.newContext({ viewport: { width: 1000, height: 760 } })).newPage()
+  const demoContext = await browser.newContext({ viewport: { width: 1000, height: 760 } })
+  const demo = await demoContext.newPage()
+  // A second tab of the same user, on the other app process, left open on the League page.
+  const demoLeague = await demoContext.newPage()
   const removed = await (await browser.newContext()).newPage()
+  // Another player, whose open tab must hear nothing of the demo player's logout.
+  const other = await (await browser.newContext()).newPage()
+  let etlDoneAt = 0
 
   const playerIdOf = async (email: string): Promise<string> => {
     const [row] = await sql<{ id: number }[]>`select id from players where email = ${email}`
@@ -165,6 +172,10 @@ async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void
         expect(oldId, await playerIdOf(DEMO), 'player id on /me')
         expect(await text(demo, 'player-league'), 'Summer Ladder', 'league on /me')
         await logIn(removed, first, REMOVED)
+        await logIn(other, second, OTHER)
+        await demoLeague.goto(`${second}/league`)
+        await other.goto(`${second}/league`)
+        expect(await text(demoLeague, 'league-name'), /^Summer Ladder/, 'league in the open tab')
       }
     },
     {
@@ -175,8 +186,21 @@ async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void
         const match = /session_version is now (\d+)/.exec(stdout)
         if (match === null) throw new Error(`the ETL did not print the new version:\n${stdout}`)
         version = Number(match[1])
+        etlDoneAt = Date.now()
         // The NOTIFY reaches each app process on its own; wait until both have it.
         for (const app of apps) await waitForVersion(app.origin, version)
+      }
+    },
+    {
+      name: 'open tabs show the "new data" banner by themselves, on the other app process too; Reload shows the new standings',
+      run: async () => {
+        for (const tab of [demoLeague, other]) await tab.locator('#session-refresh-banner').waitFor({ timeout: WAIT_MS })
+        console.log(`# ${kind}: the banner showed ${Date.now() - etlDoneAt} ms after the ETL returned`)
+        expect(await demoLeague.locator('#session-refresh-banner').innerText(), /This page has new data\.\s*Reload/, 'banner text')
+        await demoLeague.screenshot({ path: `${ARTIFACTS}league-banner-${kind}.png` })
+        await Promise.all([demoLeague.waitForEvent('load'), demoLeague.getByRole('button', { name: 'Reload' }).click()])
+        expect(await text(demoLeague, 'league-name'), /^Championship/, 'the reloaded tab shows the new standings')
+        if (await demoLeague.locator('#session-refresh-banner').count() !== 0) throw new Error('the banner is still there after the reload')
       }
     },
     {
@@ -217,6 +241,22 @@ async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void
         const path = `${ARTIFACTS}league-refreshed-${kind}.png`
         await demo.screenshot({ path, fullPage: false })
         if ((await stat(path)).size < 10_000) throw new Error(`${path} is suspiciously small`)
+      }
+    },
+    {
+      name: 'a player logged out everywhere else: their open tabs, on both app processes, go to the login page by themselves; another player\'s tab stays',
+      run: async () => {
+        const elsewhere = await (await browser.newContext()).newPage()
+        await logIn(elsewhere, second, DEMO)
+        const otherUrl = other.url()
+        await Promise.all([elsewhere.waitForURL(`${second}/me`), elsewhere.getByTestId('logout-others').click()])
+        for (const tab of [demo, demoLeague]) await tab.waitForURL(/\/login\?.*reason=user-logout/, { timeout: WAIT_MS })
+        expect(await text(demoLeague, 'login-message'), /logged out everywhere/, 'message')
+        expect(await text(elsewhere, 'player-name'), /.+/, 'the session that asked stays in')
+        // The other player's stream got nothing: a bump now reaches it, and its page is where it was.
+        const bumped = await run(TSX, ['examples/league/etl.ts', '--data', WEEK2], { cwd: ROOT, env: { ...process.env, DATABASE_URL: url } })
+        await writeFile(`${ARTIFACTS}etl2-${kind}.log`, bumped.stdout)
+        expect(other.url(), otherUrl, 'the other player\'s tab did not move')
       }
     }
   ]
