@@ -52,3 +52,18 @@ function socketFactory (options: PostgresOptions): SocketFactory | undefined {
   const factory = (options as { socket?: unknown }).socket
   return typeof factory === 'function' ? factory as SocketFactory : undefined
 }
+
+/** Reconnect quickly: a listener that is down is a listener that misses changes. */
+export function backoff (attempt: number): number {
+  return Math.min(0.05 * 2 ** attempt, 2) * (0.5 + Math.random() / 2)
+}
+
+/** Several hosts (a failover list) must settle on the primary; a single host says itself what it is. */
+export function hasSeveralHosts (connection: Connection): boolean {
+  if (typeof connection === 'object' && !(connection instanceof URL)) {
+    const host = connection.host ?? (connection as { hostname?: unknown }).hostname
+    return Array.isArray(host) ? host.length > 1 : typeof host === 'string' && host.includes(',')
+  }
+  const url = String(connection)
+  return url.slice(url.indexOf('://') + 3).split(/[/?]/)[0]!.includes(',')
+}

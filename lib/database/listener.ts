@@ -2,10 +2,11 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Sql } from 'postgres'
 import { CannotListenError, DatabaseUnavailableError } from '../errors.js'
-import type { UserState, VersionChange, VersionView } from '../request/view.js'
+import type { UserState, VersionChange, VersionView } from '../view.js'
 import { jitter, withTimeout } from '../timeout.js'
 import { channelFor } from './channel.js'
-import { connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
+import { Heartbeat } from './heartbeat.js'
+import { backoff, connectTimeoutSeconds, hasSeveralHosts, openConnection, type Connection } from './connection.js'
 import { TrackedSockets } from './sockets.js'
 import { Sync } from './sync.js'
 import { Versions } from './versions.js'
@@ -55,11 +56,6 @@ export interface ListenerStatus {
   userChanges: 'notify' | 'poll'
 }
 
-/** Reconnect quickly: a listener that is down is a listener that misses changes. */
-function backoff (attempt: number): number {
-  return Math.min(0.05 * 2 ** attempt, 2) * (0.5 + Math.random() / 2)
-}
-
 // Hints between two reads: the least time between their starts.
 const READ_SPACING_MS = 20
 
@@ -80,7 +76,6 @@ export class VersionListener implements VersionView {
   readonly #versions: Versions
   readonly #sync: Sync
   readonly #channel: string
-  readonly #instance = randomUUID().slice(0, 8)
   // A closed LISTEN socket means changes are being missed until the next read.
   #listenSockets = this.#trackListenSockets()
   readonly #querySockets = new TrackedSockets()
@@ -96,15 +91,9 @@ export class VersionListener implements VersionView {
   #closed = false
   #listens = 0
   #reconnects = 0
-  #heartbeatMisses = 0
-  #heartbeatsSent = 0
-  #lastProof = 0
-  #pendingHeartbeat: string | null = null
-  #heartbeatDeadline: NodeJS.Timeout | undefined
-  #onToken: ((token: string) => void) | null = null
+  readonly #heartbeat: Heartbeat
   #lastNotificationAt: Date | null = null
   #loggedVersion = 0
-  #lastHeartbeatAt: Date | null = null
   readonly #timers = new Set<NodeJS.Timeout>()
   readonly #changeListeners: Array<(change: VersionChange) => void> = []
 
@@ -126,6 +115,13 @@ export class VersionListener implements VersionView {
       onReadEnd: (started, err) => this.#readEnded(started, err),
       onApplied: (change) => { for (const listener of this.#changeListeners) listener(change) },
       spacing: READ_SPACING_MS
+    })
+    this.#heartbeat = new Heartbeat(randomUUID().slice(0, 8), {
+      interval: options.heartbeatInterval,
+      timeout: options.heartbeatTimeout,
+      send: (payload) => this.#querySql`select pg_notify(${this.#channel}, ${payload})`,
+      onMiss: () => this.#linkDead(),
+      log: options.log
     })
   }
 
@@ -168,7 +164,7 @@ export class VersionListener implements VersionView {
       // A pooler in transaction mode takes LISTEN and then delivers nothing; only a
       // notification sent through another connection and received here proves it works.
       stage = 'a notification it sent itself did not come back'
-      await this.#roundTrip()
+      await this.#heartbeat.roundTrip()
       stage = 'reading the session versions'
       if (!await this.#sync.request()) throw this.#sync.lastError
     }
@@ -182,7 +178,7 @@ export class VersionListener implements VersionView {
       this.#versions.prune()
       void this.#sync.request()
     })
-    this.#every(this.#options.heartbeatInterval, () => this.#heartbeat())
+    this.#every(this.#options.heartbeatInterval, () => this.#tick())
     this.#every(this.#options.userPollInterval, () => {
       if (!this.#versions.notifyUsers) void this.#sync.request()
     })
@@ -194,11 +190,11 @@ export class VersionListener implements VersionView {
       listening: this.listening,
       version: this.#versions.version,
       lastNotificationAt: iso(this.#lastNotificationAt),
-      lastHeartbeatAt: iso(this.#lastHeartbeatAt),
+      lastHeartbeatAt: iso(this.#heartbeat.lastAt),
       lastSyncAt: iso(this.#sync.lastSyncAt),
       lastSyncError: error === null ? null : { code: String(error.code), message: String(error.message) },
       reconnects: this.#reconnects,
-      heartbeatMisses: this.#heartbeatMisses,
+      heartbeatMisses: this.#heartbeat.misses,
       queueUsage: this.#sync.queueUsage,
       userVersions: this.#versions.userCount,
       userChanges: this.#versions.notifyUsers ? 'notify' : 'poll'
@@ -208,7 +204,7 @@ export class VersionListener implements VersionView {
   async close (): Promise<void> {
     this.#closed = true
     for (const timer of this.#timers) clearTimeout(timer)
-    clearTimeout(this.#heartbeatDeadline)
+    this.#heartbeat.stop()
     await Promise.all([this.#listenSql.end({ timeout: 0 }), this.#options.sql === undefined && this.#querySql.end({ timeout: 0 })])
     // postgres.js only half-closes a socket that is still connecting; a server
     // that never answers would keep it open.
@@ -234,13 +230,8 @@ export class VersionListener implements VersionView {
 
   #onNotification (payload: string): void {
     // Whatever came, it came through the LISTEN connection: the link works.
-    this.#lastProof = performance.now()
-    if (this.#pendingHeartbeat !== null) this.#heartbeatCameBack()
-    if (payload.startsWith('heartbeat:')) {
-      this.#lastHeartbeatAt = new Date()
-      this.#onToken?.(payload)
-      return
-    }
+    this.#heartbeat.heard(payload)
+    if (payload.startsWith('heartbeat:')) return
     if (payload.startsWith('version:')) {
       this.#lastNotificationAt = new Date()
       // Only a hint: the read below decides. A hint of the value already held needs no read.
@@ -252,7 +243,7 @@ export class VersionListener implements VersionView {
   #onListen (): void {
     this.#listenUp = true
     this.#generation++
-    this.#lastProof = performance.now()
+    this.#heartbeat.heard(null)
     // The first LISTEN is followed by start()'s own read; later ones are reconnects.
     if (this.#listens++ === 0 || this.#closed) return
     this.#reconnects++
@@ -305,45 +296,13 @@ export class VersionListener implements VersionView {
     this.#options.log.error({ err }, 'Could not re-read session_version; keeping version %d', this.#versions.version)
   }
 
-  async #roundTrip (): Promise<void> {
-    const token = `heartbeat:${this.#instance}:start`
-    const arrived = new Promise<void>((resolve) => {
-      this.#onToken = (payload) => { if (payload === token) resolve() }
-    })
-    await this.#querySql`select pg_notify(${this.#channel}, ${token})`
-    await arrived
-    this.#onToken = null
+  #tick (): void {
+    if (this.#listenUp) this.#heartbeat.tick()
+    else if (performance.now() - this.#lostAt >= this.#options.heartbeatInterval) this.#relisten()
   }
 
-  #heartbeat (): void {
-    if (!this.#listenUp) {
-      if (performance.now() - this.#lostAt >= this.#options.heartbeatInterval) this.#relisten()
-      return
-    }
-    // Any notification within the interval already proved the link.
-    if (this.#pendingHeartbeat !== null) return
-    if (performance.now() - this.#lastProof < this.#options.heartbeatInterval) return
-    const token = `heartbeat:${this.#instance}:${++this.#heartbeatsSent}`
-    this.#pendingHeartbeat = token
-    this.#heartbeatDeadline = setTimeout(() => this.#heartbeatMissed(), this.#options.heartbeatTimeout).unref()
-    this.#querySql`select pg_notify(${this.#channel}, ${token})`.catch((err: unknown) => {
-      this.#options.log.warn({ err }, 'Could not send the session_version heartbeat')
-    })
-  }
-
-  #heartbeatCameBack (): void {
-    clearTimeout(this.#heartbeatDeadline)
-    this.#pendingHeartbeat = null
-  }
-
-  #heartbeatMissed (): void {
-    this.#pendingHeartbeat = null
-    this.#heartbeatMisses++
-    this.#listenUp = false
-    this.#options.log.warn(
-      { heartbeatMisses: this.#heartbeatMisses, timeout: this.#options.heartbeatTimeout },
-      'session_version heartbeat did not come back; reconnecting the listener'
-    )
+  #linkDead (): void {
+    this.#linkLost()
     // Both connections may sit on the same dead link. Destroying them makes
     // postgres.js reconnect, and the new LISTEN starts a read.
     this.#listenSockets.destroyAll()
@@ -360,16 +319,6 @@ function startError (err: unknown, stage: string, connectTimeout: number): Error
   if (code === '25006') return new CannotListenError('the server is a standby (in recovery)', { cause: err })
   if (stage.startsWith('a notification')) return new CannotListenError(`${stage} within ${connectTimeout} ms (is it a pooler in transaction mode?)`, { cause: err })
   return new DatabaseUnavailableError(connectTimeout, String(message), { cause: err })
-}
-
-/** Several hosts (a failover list) must settle on the primary; a single host says itself what it is. */
-function hasSeveralHosts (connection: Connection): boolean {
-  if (typeof connection === 'object' && !(connection instanceof URL)) {
-    const host = connection.host ?? (connection as { hostname?: unknown }).hostname
-    return Array.isArray(host) ? host.length > 1 : typeof host === 'string' && host.includes(',')
-  }
-  const url = String(connection)
-  return url.slice(url.indexOf('://') + 3).split(/[/?]/)[0]!.includes(',')
 }
 
 function iso (date: Date | null): string | null {

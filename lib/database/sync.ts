@@ -3,7 +3,7 @@ import { MissingTableError, QueryTimeoutError } from '../errors.js'
 import { withTimeout } from '../timeout.js'
 import { quoteIdentifier, withTableCheck } from './migrate.js'
 import { parseVersionOrThrow } from './version.js'
-import type { VersionChange } from '../request/view.js'
+import type { VersionChange } from '../view.js'
 import type { ReadResult, UserRow, Versions } from './versions.js'
 
 export interface SyncOptions {

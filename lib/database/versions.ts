@@ -1,4 +1,4 @@
-import type { UserState, VersionChange, VersionView } from '../request/view.js'
+import type { UserState, VersionChange, VersionView } from '../view.js'
 
 /** One row of session_user_versions as a read returns it. */
 export interface UserRow extends UserState {

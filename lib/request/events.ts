@@ -5,7 +5,7 @@ import { forcedLogoutOf } from './hook.js'
 import type { SessionAdapter, SessionFields } from './sessions.js'
 import { asStamp, type SessionStamp } from './stamp.js'
 import { logoutOf } from './verdict.js'
-import type { VersionChange, VersionView } from './view.js'
+import type { VersionChange, VersionView } from '../view.js'
 
 export interface EventsOptions {
   /** The stream's path; the browser client is served at `<path>/client.js`. */

@@ -7,7 +7,7 @@ import type { RouteFlags } from './routes.js'
 import type { SessionAdapter, SessionFields } from './sessions.js'
 import { HELD_IDS, asStamp, newLoginKey, storedIdentity, type SessionStamp } from './stamp.js'
 import { UNREAD, isAhead, logoutOf, staleReason } from './verdict.js'
-import type { VersionView } from './view.js'
+import type { VersionView } from '../view.js'
 
 export interface HookDeps {
   options: ResolvedOptions

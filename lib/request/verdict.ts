@@ -1,6 +1,6 @@
 import type { SessionFields } from './sessions.js'
 import { keepHash, type SessionStamp } from './stamp.js'
-import type { UserState, VersionView } from './view.js'
+import type { UserState, VersionView } from '../view.js'
 
 /** Why a session needs a refresh; these words also appear in the logs. */
 export type StaleReason = 'no-stamp' | 'version' | 'missing-field' | 'user-changed'

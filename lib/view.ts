@@ -1,5 +1,6 @@
 /**
- * What the request path knows of the database: the versions held in memory and
+* The contract between the two halves of the plugin: what the request path
+ * (lib/request) knows of the database side (lib/database): the versions held in memory and
  * a way to catch up. The database side implements it (lib/database/listener.ts);
  * the request path imports nothing else from there.
  */
