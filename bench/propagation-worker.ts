@@ -79,8 +79,10 @@ async function startPluginInstance (): Promise<void> {
 async function startBareListener (): Promise<void> {
   const sql = postgres(url!, { max: 1, onnotice: () => {} })
   let version = -1
-  await sql.listen('session_version', (payload) => {
-    version = Number(payload)
+  // The plugin's channel: 'version:<n>' on a bump; 'users' and 'heartbeat:…' are not versions.
+  await sql.listen('session_refresh', (payload) => {
+    if (!payload.startsWith('version:')) return
+    version = Number(payload.slice('version:'.length))
     onVersion(version)
   })
   sqls.push(sql)
