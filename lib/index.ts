@@ -116,7 +116,24 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
   let logouts = 0
   const login = loginPage(options.loginUrl)
 
-  fastify.decorate('sessionRefresh', {
+  fastify.decorate('sessionRefresh', decorator({ options, adapter, listener, changes, refresher, logouts: () => logouts }))
+  installHook(fastify, createHook({ options, view: listener, adapter, refresher, login, onLogout: () => { logouts++ } }), login)
+  if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
+  if (options.events !== false) await addEventStream(fastify, options, options.events, adapter, listener)
+}
+
+interface Parts {
+  options: ResolvedOptions
+  adapter: SessionAdapter
+  listener: VersionListener
+  changes: UserChanges
+  refresher: Refresher
+  logouts: () => number
+}
+
+/** `fastify.sessionRefresh`: the versions, status, and the per-user verbs. */
+function decorator ({ options, adapter, listener, changes, refresher, logouts }: Parts): SessionRefreshDecorator {
+  return {
     get version () {
       return listener.version
     },
@@ -124,7 +141,7 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       ...listener.status(),
       refreshes: refresher.refreshes,
       refreshFailures: refresher.failures,
-      logouts,
+      logouts: logouts(),
       refreshesRunning: refresher.running
     }),
     catchUp: () => listener.catchUp(options.queryTimeout),
@@ -144,23 +161,22 @@ async function sessionRefreshPlugin (fastify: FastifyInstance, rawOptions: Sessi
       await listener.catchUp(options.queryTimeout)
       return change.version
     }
-  } satisfies SessionRefreshDecorator)
-  installHook(fastify, createHook({ options, view: listener, adapter, refresher, login, onLogout: () => { logouts++ } }), login)
-  if (options.statusRoute !== false) addStatusRoute(fastify, options.statusRoute)
-  if (options.events !== false) {
-    await new EventStreams({
-      path: options.events,
-      keepAlive: options.eventsKeepAlive,
-      maxStreams: options.maxEventStreams,
-      maxStreamsPerSession: options.maxEventStreamsPerSession,
-      loginUrl: options.loginUrl,
-      stampField: options.stampField,
-      identify: options.identify,
-      adapter,
-      view: listener,
-      clientScript: await readFile(new URL('../client/session-refresh.js', import.meta.url), 'utf8')
-    }).register(fastify)
   }
+}
+
+async function addEventStream (fastify: FastifyInstance, options: ResolvedOptions, path: string, adapter: SessionAdapter, listener: VersionListener): Promise<void> {
+  await new EventStreams({
+    path,
+    keepAlive: options.eventsKeepAlive,
+    maxStreams: options.maxEventStreams,
+    maxStreamsPerSession: options.maxEventStreamsPerSession,
+    loginUrl: options.loginUrl,
+    stampField: options.stampField,
+    identify: options.identify,
+    adapter,
+    view: listener,
+    clientScript: await readFile(new URL('../client/session-refresh.js', import.meta.url), 'utf8')
+  }).register(fastify)
 }
 
 type Versions = Pick<VersionListener, 'version' | 'logoutClock' | 'user' | 'userCount'>

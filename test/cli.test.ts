@@ -69,6 +69,7 @@ async function objectsIn (sql: Sql, schema: string): Promise<number> {
   return row.count
 }
 
+// Long: one subtest per command path, sharing the database set up here.
 t.test('as a real process', async (t) => {
   t.test('--help lists every command with an example, exit 0', async (t) => {
     const result = await runCli(['--help'])
@@ -232,6 +233,7 @@ t.test('as a real process', async (t) => {
   })
 })
 
+// Long: one subtest per command path, sharing the database set up here.
 t.test('in-process, for every path', async (t) => {
   t.test('help, and wrong usage exits 2 with one line', async (t) => {
     for (const argv of [['--help'], ['-h'], ['help'], ['status', '--help']]) {

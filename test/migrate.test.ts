@@ -351,6 +351,7 @@ t.test('11.9: migrate on an up-to-date database waits for no open transaction of
   t.same(users.map((row) => [row.user_id, row.logged_out]), [['1', true], ['2', false], ['3', true]])
 })
 
+// Long: the three roles and their rights are one setup, checked right by right.
 t.test('11.10: each role needs only its documented rights; migrate of an up-to-date schema needs no CREATE', async (t) => {
   const db = await createDatabase(t, { migrated: false })
   const owner = await createRole(t, db, 'owner')

@@ -27,6 +27,7 @@ function user (cell: Cell): number {
 
 for (const stack of STACKS) {
   for (const passport of [false, true]) {
+    // Long: one cell, and one subtest per scenario of the suite, all on the cell built here.
     t.test(`${stack}${passport ? ' + passport' : ''}`, async (t) => {
       const cell = await buildCell(t, { stack, passport }, db.url)
       t.comment(cell.name)

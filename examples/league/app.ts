@@ -70,6 +70,14 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     ...options.sessionRefresh
   })
 
+  const pages = pageParts(app, db, options, serverName)
+  addLoginRoutes(app, db, options, pages)
+  addPlayerRoutes(app, db, pages)
+  return app
+}
+
+/** What every page needs: the frame (header, footer, event stream) and the player in view. */
+function pageParts (app: FastifyInstance, db: LeagueQueries, options: LeagueAppOptions, serverName: string) {
   const frame = (request: FastifyRequest, user: Frame['user']): Frame => ({
     user,
     sessionVersion: request.session.get('sessionRefresh')?.v ?? null,
@@ -98,6 +106,13 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     return { player, league, playerId, user: { name: player.name, playerId, leagueName: league.name } }
   }
 
+  return { frame, context }
+}
+
+type PageParts = ReturnType<typeof pageParts>
+
+/** Logging in and out: the login page, the form's post, logout, "log out everywhere else". */
+function addLoginRoutes (app: FastifyInstance, db: LeagueQueries, options: LeagueAppOptions, { frame }: PageParts): void {
   app.get('/', async (request, reply) =>
     reply.redirect(request.session.get('id') == null ? '/login' : '/me', 302))
 
@@ -150,6 +165,10 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
     return reply.redirect('/me', 303)
   })
 
+}
+
+/** What a logged-in player sees: "My player", the league, the league switcher, /api/me, and /status. */
+function addPlayerRoutes (app: FastifyInstance, db: LeagueQueries, { frame, context }: PageParts): void {
   app.get('/me', { config: { loginRequired: true } }, async (request, reply) => {
     const found = await context(request, reply)
     if (found === null) return reply
@@ -192,7 +211,6 @@ export async function buildApp (options: LeagueAppOptions): Promise<FastifyInsta
   // Public, for operators and the browser test: is the listener up, which version has it seen?
   app.get('/status', { config: { sessionRefresh: false } }, async () => app.sessionRefresh.status())
 
-  return app
 }
 
 /**

@@ -131,7 +131,10 @@ async function waitForVersion (origin: string, version: number): Promise<void> {
   }
 }
 
-/** Two app processes on one fresh database, sessions of `kind`, driven in Chromium step by step. */
+/**
+ * Two app processes on one fresh database, sessions of `kind`, driven in Chromium
+ * step by step. Long: the steps share the browser pages and what earlier steps saw.
+ */
 async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void> {
   const url = await freshDatabase(server)
   const sql = postgres(url, { max: 2, onnotice: () => {} })

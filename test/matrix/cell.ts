@@ -74,6 +74,7 @@ function passportIdentity (stored: unknown): unknown {
   return typeof stored === 'object' && stored !== null ? (stored as { id?: unknown }).id : stored
 }
 
+// Long: the two instances of a cell are built the same way, in one loop, from its spec.
 export async function buildCell (t: Teardown, spec: CellSpec, url: string): Promise<Cell> {
   const users = new Map<number, User>()
   const refreshCalls: number[] = []
