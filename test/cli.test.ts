@@ -85,8 +85,8 @@ t.test('as a real process', async (t) => {
     const db = 'postgres://nobody@127.0.0.1:1/none'
     const cases: Array<[string, string[], Record<string, string>, string]> = [
       ['an unknown command', ['frobnicate'], { DATABASE_URL: db },
-        'unknown command `frobnicate`; the commands are migrate, bump, status, watch'],
-      ['no command', [], { DATABASE_URL: db }, 'missing a command: migrate, bump, status, watch'],
+        'unknown command `frobnicate`; the commands are migrate, bump, status, watch, user-changes'],
+      ['no command', [], { DATABASE_URL: db }, 'missing a command: migrate, bump, status, watch, user-changes'],
       ['an extra argument', ['status', 'now'], { DATABASE_URL: db }, 'unexpected argument `now`'],
       ['--json on bump', ['bump', '--json'], { DATABASE_URL: db }, '--json applies to `status` only'],
       ['no database', ['status'], {}, 'no database: pass --url <postgres url> or set DATABASE_URL'],
@@ -242,8 +242,8 @@ t.test('in-process, for every path', async (t) => {
       t.equal(io.stdout, HELP)
     }
     const cases: Array<[string[], string]> = [
-      [[], 'missing a command: migrate, bump, status, watch'],
-      [['frobnicate'], 'unknown command `frobnicate`; the commands are migrate, bump, status, watch'],
+      [[], 'missing a command: migrate, bump, status, watch, user-changes'],
+      [['frobnicate'], 'unknown command `frobnicate`; the commands are migrate, bump, status, watch, user-changes'],
       [['status', 'now'], 'unexpected argument `now`'],
       [['bump', '--json'], '--json applies to `status` only'],
       [['status'], 'no database: pass --url <postgres url> or set DATABASE_URL'],
@@ -292,6 +292,27 @@ t.test('in-process, for every path', async (t) => {
       t.equal(await main([command], missing), EXIT_FAILED, command)
       t.equal(missing.stderr, NOT_MIGRATED, command)
     }
+  })
+
+  t.test('user-changes shows and sets how per-user changes travel; a wrong mode is usage, a missing table says migrate', async (t) => {
+    const db = await createDatabase(t)
+    const run = async (argv: string[]): Promise<{ code: number, out: string, err: string }> => {
+      const io = captureIo({ DATABASE_URL: db.url })
+      const code = await main(argv, io)
+      return { code, out: io.stdout, err: io.stderr }
+    }
+    const notify = 'per-user changes in schema public: notify (each change notifies every instance at once)\n'
+    const poll = 'per-user changes in schema public: poll (every instance reads them every userPollInterval)\n'
+    t.same(await run(['user-changes']), { code: EXIT_OK, out: notify, err: '' }, 'notify by default')
+    t.same(await run(['user-changes', 'poll']), { code: EXIT_OK, out: poll, err: '' })
+    const [state] = await db.sql`select user_notify from session_refresh_state`
+    t.equal(state!.user_notify, false, 'the table says poll')
+    t.same(await run(['user-changes']), { code: EXIT_OK, out: poll, err: '' }, 'read back')
+    t.same(await run(['user-changes', 'notify']), { code: EXIT_OK, out: notify, err: '' })
+    t.same(await run(['user-changes', 'sometimes']), { code: EXIT_USAGE, out: '', err: 'session-refresh: user-changes takes notify or poll, got `sometimes` (see session-refresh --help)\n' })
+    t.same(await run(['user-changes', 'poll', 'now']), { code: EXIT_USAGE, out: '', err: 'session-refresh: unexpected argument `now` (see session-refresh --help)\n' })
+    await db.sql`delete from session_refresh_state`
+    t.same(await run(['user-changes']), { code: EXIT_FAILED, out: '', err: NOT_MIGRATED }, 'no state row: migrate')
   })
 
   t.test('11.7: after the row was truncated, bump fails in one line; migrate, as it says, makes it work again', async (t) => {

@@ -12,20 +12,16 @@ import Fastify from 'fastify'
 import { createClient } from 'redis'
 import t from 'tap'
 import sessionRefresh, { bumpSessionVersion } from '../lib/index.js'
-import { API, PAGE, SECRET, buildApp, login, sessionCookie, type TestApp } from './helpers/app.js'
+import { API, PAGE, SECRET, buildApp, bumpAndWait, gate, getMe, login, sessionCookie, type TestApp } from './helpers/app.js'
 import { lockTable } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { freePort } from './helpers/free-port.js'
 
 const db = await createDatabase(t)
 
-async function bump (...apps: TestApp[]): Promise<number> {
-  const version = await bumpSessionVersion(db.sql)
-  for (const { app } of apps) await eventually(`version ${version}`, () => app.sessionRefresh.version === version)
-  return version
-}
+const bump = (...apps: TestApp[]): Promise<number> => bumpAndWait(db.sql, ...apps)
 
-const me = (app: TestApp['app'], cookie: string) => app.inject({ url: '/me', headers: { cookie, ...API } })
+const me = getMe
 
 t.test('user ids: strings, safe integers and bigints are users; anything else is refused with a message that says what it got', async (t) => {
   const test = await buildApp(t, { url: db.url })

@@ -2,26 +2,15 @@
 // named after the scenario. Each of them passed 0.1.0's suite and failed against 0.1.0.
 import t from 'tap'
 import { bumpSessionVersion } from '../lib/index.js'
-import { API, buildApp, login, sessionCookie, type TestApp } from './helpers/app.js'
+import { API, buildApp, bumpAndWait, gate, getMe, login, sessionCookie, type TestApp } from './helpers/app.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { pgSessionStore } from './helpers/pg-store.js'
 
 const db = await createDatabase(t)
 
-async function bump (...apps: TestApp[]): Promise<number> {
-  const version = await bumpSessionVersion(db.sql)
-  for (const { app } of apps) await eventually(`version ${version}`, () => app.sessionRefresh.version === version)
-  return version
-}
+const bump = (...apps: TestApp[]): Promise<number> => bumpAndWait(db.sql, ...apps)
 
-/** A promise to hold a refresh, and its release. */
-function gate (): { wait: Promise<void>, open: () => void } {
-  let open = (): void => {}
-  const wait = new Promise<void>((resolve) => { open = resolve })
-  return { wait, open }
-}
-
-const me = (app: TestApp['app'], cookie: string) => app.inject({ url: '/me', headers: { cookie, ...API } })
+const me = getMe
 
 t.test('10.1 renumbered id bypasses a logout: a session refreshed to a new id is logged out by that id\'s later logout', async (t) => {
   // The ETL renumbers 1001 to 1061; the app's refresh returns the new id.

@@ -32,7 +32,12 @@ t.test('defaults are filled in, and undefined means default', async (t) => {
     heartbeatInterval: 10_000,
     heartbeatTimeout: 5_000,
     pollInterval: 30_000,
+    userPollInterval: 1_000,
     statusRoute: false,
+    events: false,
+    eventsKeepAlive: 25_000,
+    maxEventStreamsPerSession: 4,
+    maxEventStreams: 10_000,
     sessionLifetime: 86_400_000,
     schema: 'public'
   })
@@ -69,7 +74,7 @@ t.test('bad options fail with a precise, coded message', async (t) => {
     [{ ...valid, connectTimeout: 10n as unknown as number }, /got 10n \(bigint\)/],
     [{ ...valid, sessionLifetime: 0 }, /expected `sessionLifetime` to be a whole number from 1 up, got 0/],
     [{ ...valid, schema: 'x'.repeat(48) }, /expected `schema` to be a schema name of 1 to 47 bytes/],
-    [{ ...valid, refesh: () => null }, /unknown option `refesh`; known options are connection, refresh/]
+    [{ ...valid, refesh: () => null }, /unknown option `refesh`; known options are connection, sql, refresh, identityField/]
   ]
   for (const [options, message] of cases) {
     t.throws(() => resolveOptions(options), { code: 'FST_SESSION_REFRESH_INVALID_OPTION', message }, message.source)

@@ -5,25 +5,15 @@ import session from '@fastify/session'
 import Fastify from 'fastify'
 import t from 'tap'
 import sessionRefresh, { bumpSessionVersion } from '../lib/index.js'
-import { API, PAGE, SECRET, buildApp, login, sessionCookie, type TestApp } from './helpers/app.js'
+import { API, PAGE, SECRET, buildApp, bumpAndWait, gate, getMe, login, sessionCookie, type TestApp } from './helpers/app.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { pgSessionStore } from './helpers/pg-store.js'
 
 const db = await createDatabase(t)
 
-async function bump (...apps: TestApp[]): Promise<number> {
-  const version = await bumpSessionVersion(db.sql)
-  for (const { app } of apps) await eventually(`version ${version}`, () => app.sessionRefresh.version === version)
-  return version
-}
+const bump = (...apps: TestApp[]): Promise<number> => bumpAndWait(db.sql, ...apps)
 
-function gate (): { wait: Promise<void>, open: () => void } {
-  let open = (): void => {}
-  const wait = new Promise<void>((resolve) => { open = resolve })
-  return { wait, open }
-}
-
-const me = (app: TestApp['app'], cookie: string) => app.inject({ url: '/me', headers: { cookie, ...API } })
+const me = getMe
 
 t.test('11.1 loginRequired is decided after a "successful" refresh: one that leaves no user is a failed refresh', async (t) => {
   let handled = 0

@@ -1,8 +1,10 @@
 import { Writable } from 'node:stream'
 import cookie from '@fastify/cookie'
 import session, { type FastifySessionObject } from '@fastify/session'
+import type { Sql } from 'postgres'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import sessionRefresh, { type SessionRefreshOptions } from '../../lib/index.js'
+import sessionRefresh, { bumpSessionVersion, type SessionRefreshOptions } from '../../lib/index.js'
+import { eventually } from './database.js'
 
 declare module 'fastify' {
   interface Session {
@@ -109,3 +111,22 @@ export async function login (app: FastifyInstance, id: number, extra: Record<str
 
 export const API = { accept: 'application/json' }
 export const PAGE = { accept: 'text/html,application/xhtml+xml' }
+
+/** Bumps the version from `sql`, and waits until every app holds the new one. */
+export async function bumpAndWait (sql: Sql, ...apps: Array<{ app: FastifyInstance }>): Promise<number> {
+  const version = await bumpSessionVersion(sql)
+  for (const { app } of apps) await eventually(`version ${version}`, () => app.sessionRefresh.version === version)
+  return version
+}
+
+/** A promise to hold something (a refresh, a handler) until open() is called. */
+export function gate (): { wait: Promise<void>, open: () => void } {
+  let open = (): void => {}
+  const wait = new Promise<void>((resolve) => { open = resolve })
+  return { wait, open }
+}
+
+/** GET /me as an API client, with this session cookie. */
+export function getMe (app: FastifyInstance, cookie: string): Promise<LightMyRequestResponse> {
+  return app.inject({ url: '/me', headers: { cookie, ...API } })
+}

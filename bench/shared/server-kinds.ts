@@ -1,11 +1,16 @@
-// What bench/run.ts and bench/server.ts agree on; importing server.ts itself would start a server.
+// What the scenarios and bench/workers/server.ts agree on; importing the server itself would start one.
 
 /** A bare, B this plugin, C pull session_version per request, D pull the user's row per request. */
 export type ServerKind = 'A' | 'B' | 'C' | 'D'
 export const SERVER_KINDS: readonly ServerKind[] = ['A', 'B', 'C', 'D']
+/** How the report names each kind. */
+export const SERVER_NAMES: Record<ServerKind, string> = { A: 'A bare', B: 'B plugin', C: 'C pull version', D: 'D pull user' }
 export const MAX_CONCURRENT_REFRESHES = 16
 /** The app's own pool: the pull hooks (C, D) and B's refresh use it. */
 export const POOL_SIZE = 16
+/** B with the event stream (`server.ts B <url> events`): its path and the instance's limit on streams. */
+export const EVENTS_PATH = '/session-refresh/events'
+export const MAX_EVENT_STREAMS = 20_000
 
 export interface Counters {
   /** Queries the C/D hooks sent. */

@@ -68,18 +68,3 @@ export async function eachLimited<T, R> (items: readonly T[], concurrency: numbe
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker))
   return results
 }
-
-/** Nearest-rank percentile of unsorted numbers; NaN for none. */
-export function percentile (values: readonly number[], p: number): number {
-  if (values.length === 0) return Number.NaN
-  const sorted = [...values].sort((a, b) => a - b)
-  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)))
-  return sorted[rank - 1]!
-}
-
-export function median (values: readonly number[]): number {
-  if (values.length === 0) return Number.NaN
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
-}

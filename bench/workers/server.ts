@@ -1,17 +1,20 @@
-// One app server of the bench, in its own process: `tsx bench/server.ts <kind> <database url>`.
+// One app server of the bench, in its own process: `tsx bench/workers/server.ts <kind> <database url> [events]`.
 //   A  bare @fastify/session, no version check
 //   B  fastify-session-refresh: the in-memory version check
 //   C  pull: SELECT the session_version row on every request (the seed's first design)
 //   D  pull: re-read the user's row on every request (Django, Laravel, Devise)
 // Every kind has the same cookie, session store, login route and trivial JSON route.
-// The parent drives it through IPC commands (bench/child.ts).
+// `events` (B only) also registers the plugin's event stream for open pages.
+// The parent drives it through IPC commands (bench/shared/child.ts).
 import cookie from '@fastify/cookie'
 import session, { MemoryStore } from '@fastify/session'
 import Fastify, { type FastifyRequest, type Session } from 'fastify'
 import postgres from 'postgres'
-import sessionRefresh, { readSessionVersion } from '../lib/index.js'
-import { heapAfterGc, sendEvent, serveCommands } from './child.js'
-import { MAX_CONCURRENT_REFRESHES, POOL_SIZE, SERVER_KINDS, type Counters, type ServerKind } from './server-kinds.js'
+import sessionRefresh, { readSessionVersion } from '../../lib/index.js'
+import { heapAfterGc, sendEvent, serveCommands } from '../shared/child.js'
+import {
+  EVENTS_PATH, MAX_CONCURRENT_REFRESHES, MAX_EVENT_STREAMS, POOL_SIZE, SERVER_KINDS, type Counters, type ServerKind
+} from '../shared/server-kinds.js'
 
 declare module 'fastify' {
   interface Session {
@@ -22,9 +25,12 @@ declare module 'fastify' {
   }
 }
 
-const [kindArg, url] = process.argv.slice(2)
-if (!url || !SERVER_KINDS.includes(kindArg as ServerKind)) throw new Error('usage: server.ts <A|B|C|D> <database url>')
+const [kindArg, url, extra] = process.argv.slice(2)
+if (!url || !SERVER_KINDS.includes(kindArg as ServerKind) || (extra !== undefined && (extra !== 'events' || kindArg !== 'B'))) {
+  throw new Error('usage: workers/server.ts <A|B|C|D> <database url> [events (with B)]')
+}
 const kind = kindArg as ServerKind
+const events = extra === 'events'
 
 const counters = {
   hookQueries: 0, pluginQueries: 0, pluginHeartbeats: 0, pluginReads: 0,
@@ -67,6 +73,7 @@ if (kind === 'B') {
       }
     },
     maxConcurrentRefreshes: MAX_CONCURRENT_REFRESHES,
+    ...(events ? { events: EVENTS_PATH, maxEventStreams: MAX_EVENT_STREAMS } : {}),
     refresh: async (s) => {
       counters.refreshCalls++
       counters.refreshRunning++
@@ -154,7 +161,9 @@ serveCommands({
   heap: () => heapAfterGc(),
   // A running app's pool is already connected; open every connection before measuring.
   warmPool: async () => { await Promise.all(Array.from({ length: POOL_SIZE }, () => pool`select pg_sleep(0.01)`)) },
-  clearSessions: () => { sessions.clear() }
+  clearSessions: () => { sessions.clear() },
+  // Open TCP connections: with `events`, the open streams once other clients have gone.
+  connections: () => new Promise<number>((resolve, reject) => { app.server.getConnections((err, n) => { if (err) reject(err); else resolve(n) }) })
 }, async () => {
   await app.close()
   await pool.end({ timeout: 1 })

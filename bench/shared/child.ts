@@ -1,7 +1,8 @@
 // Parent <-> child plumbing for the bench: the load generator (bench/run.ts)
-// forks each app server and propagation worker into its own Node process and
-// talks to it over the IPC channel.
+// forks each app server and worker (bench/workers/) into its own Node process
+// and talks to it over the IPC channel.
 import { fork, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 interface Reply { id: number, result?: unknown, error?: string }
@@ -30,10 +31,10 @@ export async function forkChild (file: URL, args: string[], options: ForkOptions
   const pending = new Map<number, { resolve: (value: unknown) => void, reject: (err: Error) => void }>()
   const listeners: Array<(event: ChildEvent) => void> = []
   let nextId = 0
-  let exited = false
-  const exit = new Promise<void>((resolve) => proc.once('exit', () => { exited = true; resolve() }))
+  let exited: string | null = null
+  const exit = new Promise<void>((resolve) => proc.once('exit', (code, signal) => { exited = signal ?? `code ${code}`; resolve() }))
   void exit.then(() => {
-    for (const { reject } of pending.values()) reject(new Error(`${file.pathname} exited`))
+    for (const { reject } of pending.values()) reject(new Error(`${file.pathname} exited (${exited})`))
     pending.clear()
   })
 
@@ -57,7 +58,7 @@ export async function forkChild (file: URL, args: string[], options: ForkOptions
   const child: Child = {
     process: proc,
     call<T> (command: string, args?: unknown): Promise<T> {
-      if (exited) return Promise.reject(new Error(`${file.pathname} has exited`))
+      if (exited !== null) return Promise.reject(new Error(`${file.pathname} has exited (${exited})`))
       const id = ++nextId
       return new Promise<T>((resolve, reject) => {
         pending.set(id, { resolve: resolve as (value: unknown) => void, reject })
@@ -68,7 +69,7 @@ export async function forkChild (file: URL, args: string[], options: ForkOptions
       listeners.push(listener)
     },
     async stop (ms = 5000) {
-      if (exited) return
+      if (exited !== null) return
       const timer = setTimeout(() => proc.kill('SIGKILL'), ms)
       try {
         await child.call('close').catch(() => {})
@@ -126,4 +127,15 @@ export function heapAfterGc (): number {
   gc()
   gc()
   return process.memoryUsage().heapUsed
+}
+
+/** The soft limit on open files (`ulimit -n`) of this process, or null if none or unknown. */
+export function openFileLimit (): number | null {
+  try {
+    const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'))
+    const soft = line?.split(/\s{2,}/)[1]
+    return soft === undefined || soft === 'unlimited' ? null : Number(soft)
+  } catch {
+    return null
+  }
 }

@@ -1,4 +1,4 @@
-// N listeners in one process: `tsx bench/propagation-worker.ts <database url> <n> <plugin|bare>`.
+// N listeners in one process: `tsx bench/workers/propagation.ts <database url> <n> <plugin|bare>`.
 //   plugin  N Fastify apps, each with @fastify/session and its own fastify-session-refresh
 //           (so its own LISTEN connection and query connection)
 //   bare    N postgres.js instances that only LISTEN: the floor the plugin is compared with
@@ -9,13 +9,13 @@ import cookie from '@fastify/cookie'
 import session from '@fastify/session'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import postgres, { type Sql } from 'postgres'
-import sessionRefresh from '../lib/index.js'
-import { sendEvent, serveCommands } from './child.js'
+import sessionRefresh from '../../lib/index.js'
+import { sendEvent, serveCommands } from '../shared/child.js'
 
 const [url, countArg, mode] = process.argv.slice(2)
 const count = Number(countArg)
 if (!url || !Number.isSafeInteger(count) || count < 1 || (mode !== 'plugin' && mode !== 'bare')) {
-  throw new Error('usage: propagation-worker.ts <database url> <n> <plugin|bare>')
+  throw new Error('usage: workers/propagation.ts <database url> <n> <plugin|bare>')
 }
 
 // How many listeners hold each version; bounded, old versions are dropped.

