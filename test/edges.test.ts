@@ -129,7 +129,8 @@ t.test('a login page on another site gets a full URL, and the route\'s own onReq
   t.equal(page.headers.location, 'https://auth.example.com/login?next=%2Fme%3Fx%3D1&reason=not-logged-in')
 })
 
-t.test('a store that fails while a session is being logged out: nothing is saved, and the request is still answered', async (t) => {
+/** A Redis server of this test's own, that the test can stop, and a client of it. */
+async function ownRedis (t: Parameters<typeof buildApp>[0]): Promise<ReturnType<typeof createClient>> {
   const port = await freePort()
   const dir = await mkdtemp(join(tmpdir(), 'fsr-redis-'))
   const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
@@ -141,6 +142,11 @@ t.test('a store that fails while a session is being logged out: nothing is saved
   client.on('error', () => {})
   await eventually('redis to answer', async () => client.connect().then(() => true, () => false), 10_000)
   t.teardown(() => client.isOpen ? client.destroy() : undefined)
+  return client
+}
+
+t.test('a store that fails while a session is being logged out: nothing is saved, and the request is still answered', async (t) => {
+  const client = await ownRedis(t)
   let stopRedis = (): void => {}
   const test = await buildApp(t, {
     url: db.url,
@@ -155,6 +161,23 @@ t.test('a store that fails while a session is being logged out: nothing is saved
   t.match(res.json(), { statusCode: 401, reason: 'user-gone' }, 'answered all the same')
   t.equal(res.headers['set-cookie'], undefined, 'nothing was saved, no cookie was sent')
   t.match(test.logs.find((l) => l.msg === 'Could not end the session of user 138'), { level: 50, userId: '138' })
+})
+
+t.test('a store that fails while the plugin checks that a refreshed session still exists: an error answer, and nothing of the refresh is written', async (t) => {
+  const client = await ownRedis(t)
+  let stopRedis = (): void => {}
+  const test = await buildApp(t, {
+    url: db.url,
+    sessionOptions: { store: new RedisStore({ client, prefix: 'fsr:' }) },
+    refresh: async () => { stopRedis(); return { email: 'new@example.com' } }
+  })
+  const cookieHeader = await login(test.app, 139)
+  await bump(test)
+  stopRedis = () => { client.destroy() }
+  const res = await me(test.app, cookieHeader)
+  t.equal(res.statusCode, 500, 'the store cannot say whether the session still exists')
+  t.equal(res.headers['set-cookie'], undefined, 'nothing was saved, no cookie was sent')
+  t.notMatch(res.body, /new@example.com/, 'the refreshed fields reached nobody')
 })
 
 t.test('a read that hangs fails after queryTimeout, drops its connection, and the next read works', async (t) => {

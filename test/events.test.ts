@@ -70,6 +70,32 @@ t.test('without a logged-in session: 401 and no stream', async (t) => {
   t.same(anonymous.events, [])
 })
 
+t.test('outside the session cookie\'s path there is no session: 401 and no stream, whatever cookie comes', async (t) => {
+  // @fastify/session loads no session for a path outside cookie.path.
+  const test = await buildApp(t, { url: db.url, sessionOptions: { store: new session.MemoryStore(), cookie: { secure: false, path: '/login' } }, plugin: { events: EVENTS } })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}`
+  const stream = await open(t, url, await login(test.app, 180))
+  t.equal(stream.status, 401)
+  await stream.ended
+  t.same(stream.events, [])
+})
+
+t.test('a page whose user changed before its stream opened is told at once: version, then refresh', async (t) => {
+  const a = await serve(t, new session.MemoryStore())
+  const cookie = await login(a.app, 181)
+  await a.app.sessionRefresh.refreshUser(181)
+  await a.app.sessionRefresh.refreshUser(182) // another user's change is not this page's
+  const stream = await open(t, a.url, cookie)
+  await eventually('the opening events', () => stream.events.filter((e) => e.event !== ':').length === 2)
+  t.same(stream.events.filter((e) => e.event !== ':').map((e) => e.event), ['version', 'refresh'])
+  const fresh = await open(t, a.url, await login(a.app, 183))
+  await eventually('the other page\'s opening event', () => named(fresh, 'version').length === 1)
+  await a.app.sessionRefresh.refreshUser(183)
+  await eventually('its refresh', () => named(fresh, 'refresh').length === 1)
+  t.same(fresh.events.filter((e) => e.event !== ':').map((e) => e.event), ['version', 'refresh'], 'a page stamped at the current user version gets no refresh at opening, only at the change')
+})
+
 t.test('a session logged out before its stream opens is told so at once, and the stream ends', async (t) => {
   const a = await serve(t, new session.MemoryStore())
   const cookie = await login(a.app, 173)

@@ -49,10 +49,6 @@ export class EventStreams {
     options.view.onChange((change) => this.#tell(change))
   }
 
-  get open (): number {
-    return this.#all.size
-  }
-
   /** The route and the client script; every stream ends when the app closes. */
   async register (fastify: FastifyInstance): Promise<void> {
     const { path, clientScript } = this.#options
