@@ -45,6 +45,12 @@ export const InvalidIdentityError = createError(
   TypeError
 )
 
+export const NotAppliedError = createError(
+  'FST_SESSION_REFRESH_NOT_APPLIED',
+  'fastify-session-refresh: %s was committed, but this instance could not read it back within %d ms, so its sessions may not follow it yet (retrying is harmless)',
+  503
+)
+
 export const ClosedError = createError('FST_SESSION_REFRESH_CLOSED', 'fastify-session-refresh: the app is closing; %s was not made', 503)
 
 export const NoSessionPluginError = createError(

@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { VersionListener, type ListenerStatus } from './database/listener.js'
 import { UserChanges } from './database/user-changes.js'
-import { InvalidOptionError } from './errors.js'
+import { InvalidOptionError, NotAppliedError } from './errors.js'
 import { resolveOptions, type ResolvedOptions, type SessionRefreshOptions } from './options.js'
 import { EventStreams } from './request/events.js'
 import { createHook } from './request/hook.js'
@@ -25,6 +25,8 @@ export interface SessionRefreshStatus extends ListenerStatus {
   logouts: number
   /** Calls of `refresh` running right now, timed-out ones included until they settle. */
   refreshesRunning: number
+  /** Requests waiting for a free slot to call `refresh`. */
+  refreshesQueued: number
 }
 
 export interface SessionRefreshDecorator {
@@ -133,6 +135,11 @@ interface Parts {
 
 /** `fastify.sessionRefresh`: the versions, status, and the per-user verbs. */
 function decorator ({ options, adapter, listener, changes, refresher, logouts }: Parts): SessionRefreshDecorator {
+  // Applied here from the table, like every other change, before the caller
+  // goes on; an app that is closing serves no new request, and reads no more.
+  const applied = async (what: string): Promise<void> => {
+    if (!await listener.catchUp(options.queryTimeout) && !listener.closed) throw new NotAppliedError(what, options.queryTimeout)
+  }
   return {
     get version () {
       return listener.version
@@ -142,23 +149,26 @@ function decorator ({ options, adapter, listener, changes, refresher, logouts }:
       refreshes: refresher.refreshes,
       refreshFailures: refresher.failures,
       logouts: logouts(),
-      refreshesRunning: refresher.running
+      refreshesRunning: refresher.running,
+      refreshesQueued: refresher.queued
     }),
     catchUp: () => listener.catchUp(options.queryTimeout),
     stamp: (request) => stampLogin(request, adapter, options, listener),
     async refreshUser (userId) {
       const { version } = await changes.change(identityKey(userId), false, null)
-      await listener.catchUp(options.queryTimeout)
+      await applied('refreshUser')
       return version
     },
     async logoutUser (userId, { keep } = {}) {
       const key = identityKey(userId)
       const kept = keep === undefined ? null : keptSession(keep, key, adapter, options, listener)
-      const change = await changes.change(key, true, kept === null ? null : keepHash(kept.stamp.k))
+      // Every copy of a session that the client holds carries its login key: a
+      // new one, so that copies from before this logout (a thief's) are not kept.
+      const loginKey = kept === null ? null : adapter.clientHeld ? newLoginKey() : kept.stamp.k
+      const change = await changes.change(key, true, kept === null ? null : { hash: keepHash(loginKey!), since: kept.stamp.a, held: kept.stamp.h })
       // The kept session authenticated at this logout: it stays in, here and on every instance.
-      if (kept !== null) kept.write({ ...kept.stamp, a: Math.max(kept.stamp.a, change.logoutSeq), u: change.version })
-      // Applied here from the table, like every other change, before the caller goes on.
-      await listener.catchUp(options.queryTimeout)
+      if (kept !== null && change.kept) kept.write({ ...kept.stamp, a: Math.max(kept.stamp.a, change.logoutSeq), u: change.version, k: loginKey! })
+      await applied('logoutUser')
       return change.version
     }
   }

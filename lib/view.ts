@@ -11,6 +11,12 @@ export interface VersionView {
   readonly logoutClock: number
   /** How many users changed within one session lifetime; 0 for most apps, which skips every lookup. */
   readonly userCount: number
+  /**
+   * The logout clock at a time of this process (ms since the epoch), or below
+   * it: a session authenticated then was authenticated before every logout
+   * with a higher clock. For logins that can only be dated.
+   */
+  clockAt (time: number): number
   /** What the table says of one user (by identity key), or undefined when they did not change within one session lifetime. */
   user (key: string): UserState | undefined
   /** A mark of the reads applied so far, for `changedSince`. */

@@ -108,6 +108,11 @@ BEGIN
   END IF;
   IF NEW.logout THEN
     UPDATE session_refresh_state SET logout_seq = session_refresh_next(logout_seq) RETURNING logout_seq INTO NEW.logout_seq;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'session_refresh_state has no row: run migrate (npx session-refresh migrate) to create it again'
+        USING ERRCODE = 'no_data_found',
+              HINT = 'Run migrate(sql) or `npx session-refresh migrate` to create it again.';
+    END IF;
     NEW.logout_version := NEW.version;
     NEW.logout_at := clock_timestamp();
     -- Set only by session_change_user(id, true, keep) for this one statement.
@@ -134,6 +139,19 @@ BEGIN
   -- The same payload for every change, so PostgreSQL folds all the changes of
   -- one transaction into one notification; listeners read what changed.
   IF (SELECT user_notify FROM session_refresh_state) THEN
+    PERFORM pg_notify(session_refresh_channel(), 'users');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- A switch between notify and poll (session-refresh user-changes) is itself
+-- notified: instances in notify mode do not poll, and would otherwise learn of
+-- the switch only at their next pollInterval, missing the changes meanwhile.
+CREATE OR REPLACE FUNCTION session_refresh_mode_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+  IF NEW.user_notify IS DISTINCT FROM OLD.user_notify THEN
     PERFORM pg_notify(session_refresh_channel(), 'users');
   END IF;
   RETURN NULL;
@@ -170,6 +188,11 @@ BEGIN
       AFTER DELETE ON session_user_versions REFERENCING OLD TABLE AS forgotten
       FOR EACH STATEMENT EXECUTE FUNCTION session_user_versions_forget();
   END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'session_refresh_mode_notify' AND tgrelid = 'session_refresh_state'::regclass) THEN
+    CREATE TRIGGER session_refresh_mode_notify
+      AFTER UPDATE OF user_notify ON session_refresh_state
+      FOR EACH ROW EXECUTE FUNCTION session_refresh_mode_notify();
+  END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'session_user_versions_truncated' AND tgrelid = 'session_user_versions'::regclass) THEN
     CREATE TRIGGER session_user_versions_truncated
       AFTER TRUNCATE ON session_user_versions
@@ -178,26 +201,50 @@ BEGIN
 END
 $$;
 
--- Records one change of a user: a refresh, or a logout when p_logout, keeping the
--- session whose key hashes to p_keep. Returns the user's new version and logout clock.
-CREATE OR REPLACE FUNCTION session_change_user(p_user_id TEXT, p_logout BOOLEAN, p_keep TEXT)
-RETURNS TABLE (version BIGINT, logout_seq BIGINT)
+-- Records one change of a user: a refresh, or a logout when p_logout. Returns the
+-- user's new version and logout clock, and whether the logout kept a session.
+--
+-- A logout may keep one session (a password change keeps the session that made
+-- it): the one whose login key hashes to p_keep, which authenticated at logout
+-- clock p_since and has held the ids p_held since. It is kept only if no logout
+-- ended it already, here in the table, whatever the calling instance has read:
+-- none of its ids was logged out after p_since, but by a logout that kept it.
+CREATE OR REPLACE FUNCTION session_change_user(p_user_id TEXT, p_logout BOOLEAN, p_keep TEXT, p_since BIGINT, p_held TEXT[])
+RETURNS TABLE (version BIGINT, logout_seq BIGINT, kept BOOLEAN)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
+DECLARE
+  v_keep TEXT := CASE WHEN p_logout THEN p_keep END;
 BEGIN
+  IF p_logout THEN
+    -- Every logout takes this row's lock for the logout clock (the trigger does):
+    -- once it is held, every logout committed before this one is seen by the
+    -- next statement. Taken before the user's row, as the trigger would take it
+    -- after, two logouts of one user cannot deadlock.
+    PERFORM 1 FROM session_refresh_state FOR UPDATE;
+  END IF;
+  IF v_keep IS NOT NULL THEN
+    IF p_since IS NULL OR EXISTS (
+      SELECT 1 FROM session_user_versions u
+      WHERE u.user_id = ANY (array_append(coalesce(p_held, '{}'), p_user_id))
+        AND u.logout_seq > p_since AND u.keep_key IS DISTINCT FROM v_keep
+    ) THEN
+      v_keep := NULL;
+    END IF;
+  END IF;
   -- Read by the trigger for this statement only: the function's SET clause
   -- restores every setting made inside it when it returns.
-  PERFORM set_config('session_refresh.keep', coalesce(p_keep, ''), true);
+  PERFORM set_config('session_refresh.keep', coalesce(v_keep, ''), true);
   RETURN QUERY
     INSERT INTO session_user_versions AS s (user_id, logout) VALUES (p_user_id, p_logout)
     ON CONFLICT (user_id) DO UPDATE SET version = s.version + 1, logout = p_logout
-    RETURNING s.version, s.logout_seq;
+    RETURNING s.version, s.logout_seq, v_keep IS NOT NULL;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION session_change_user(p_user_id TEXT, p_logout BOOLEAN) RETURNS BIGINT
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-  SELECT version FROM session_change_user(p_user_id, p_logout, NULL)
+  SELECT version FROM session_change_user(p_user_id, p_logout, NULL, NULL, NULL)
 $$;
 
 CREATE OR REPLACE FUNCTION session_refresh_user(p_user_id TEXT) RETURNS BIGINT
@@ -208,8 +255,8 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$ SELECT session_
 
 -- The functions that write run with their owner's rights: only roles granted
 -- EXECUTE may call them (PostgreSQL grants it to PUBLIC by default). The app's
--- role needs: GRANT EXECUTE ON FUNCTION session_change_user(text, boolean, text) TO app.
-REVOKE EXECUTE ON FUNCTION session_change_user(TEXT, BOOLEAN, TEXT) FROM PUBLIC;
+-- role needs: GRANT EXECUTE ON FUNCTION session_change_user(text, boolean, text, bigint, text[]) TO app.
+REVOKE EXECUTE ON FUNCTION session_change_user(TEXT, BOOLEAN, TEXT, BIGINT, TEXT[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION session_change_user(TEXT, BOOLEAN) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION session_refresh_user(TEXT) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION session_logout_user(TEXT) FROM PUBLIC;

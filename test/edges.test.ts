@@ -305,7 +305,7 @@ t.test('sessions stamped by 0.1.0 with the global version only follow 0.1.0\'s r
   t.equal((await me(test.app, unknown)).json().sessionVersion, test.app.sessionRefresh.version)
 })
 
-t.test('refreshUser on a dead link fails with a coded error after queryTimeout, and the next call works', async (t) => {
+t.test('refreshUser on a dead link fails with a coded error after queryTimeout, and works again once its connections are new', async (t) => {
   const { FaultyProxy } = await import('./helpers/proxy.js')
   const proxy = await FaultyProxy.start(db.url)
   t.teardown(() => proxy.close())
@@ -316,7 +316,16 @@ t.test('refreshUser on a dead link fails with a coded error after queryTimeout, 
     code: 'FST_SESSION_REFRESH_QUERY_TIMEOUT',
     message: 'fastify-session-refresh: refreshUser did not settle within 1000 ms; its connection was dropped'
   })
-  t.ok(await app.sessionRefresh.refreshUser(147) > 0, 'a new connection, through new links')
+  const [before] = await db.sql<[{ version: string }]>`select version::text from session_user_versions where user_id = '147'`
+  // The writer is on a new link now; the reads are not, yet: the change is made, and not read back.
+  await t.rejects(app.sessionRefresh.refreshUser(147), {
+    code: 'FST_SESSION_REFRESH_NOT_APPLIED',
+    message: 'fastify-session-refresh: refreshUser was committed, but this instance could not read it back within 1000 ms, so its sessions may not follow it yet (retrying is harmless)'
+  })
+  const [after] = await db.sql<[{ version: string }]>`select version::text from session_user_versions where user_id = '147'`
+  t.ok(BigInt(after!.version) > BigInt(before!.version), 'that change was committed')
+  t.ok(await app.sessionRefresh.refreshUser(147) > 0, 'both connections are new, through new links')
+  t.equal(app.sessionRefresh.status().lastSyncError, null, 'and read back')
 })
 
 t.test("a notice from the app's own trigger on the plugin's tables stays off the console", async (t) => {

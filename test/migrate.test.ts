@@ -309,7 +309,7 @@ t.test('migrate makes a dropped table again, with every file, and keeps what the
   t.same(state, { logout_seq: 0, users_epoch: 0 }, 'the logout clock starts again')
   const [user] = await sql`select logout_seq > 0 as logged_out from session_user_versions where user_id = '1'`
   t.same(user, { logged_out: true }, "the user's logout is kept")
-  const [next] = await sql<[{ seq: string }]>`select logout_seq::text as seq from session_change_user('2', true, null)`
+  const [next] = await sql<[{ seq: string }]>`select logout_seq::text as seq from session_change_user('2', true, null, null, null)`
   t.ok(BigInt(next.seq) > 0n, 'and the next logout takes the clock')
 })
 
@@ -408,7 +408,7 @@ t.test('11.10: each role needs only its documented rights; migrate of an up-to-d
     await t.rejects(sql`update session_refresh_state set logout_seq = logout_seq + 1`, denied)
     await t.rejects(sql`select session_logout_user('2')`, denied,
       'nor through the functions, which run with their owner\'s rights: only the roles granted EXECUTE may call them')
-    await t.rejects(sql`select session_change_user('2', true, null)`, denied)
+    await t.rejects(sql`select session_change_user('2', true, null, null, null)`, denied)
     t.same(await db.sql`select user_id from session_user_versions where user_id = '2'`, [], 'user 2 was never written')
   })
 

@@ -5,8 +5,12 @@ import { readSessionVersion } from '../lib/index.js'
 import { API, buildApp, login } from './helpers/app.js'
 import { idleListenBackends, lockTable, pluginBackendsWaitingForLock, queueTableLock, terminateBackend } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
+import { FaultyProxy } from './helpers/proxy.js'
 
 const db = await createDatabase(t)
+// What a loaded 2-core machine may add to a bound: generous, and still far below
+// the tens of seconds that an unbounded wait would take.
+const SLACK_MS = 3000
 
 /** `promise`, or a failure naming `what` once `ms` have passed. */
 async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -56,9 +60,31 @@ t.test('a session stamped ahead of this instance is served as it is when the cat
   await db.sql`select pg_notify('session_refresh', 'users')`
   await eventually('a read waiting for the lock', async () => await pluginBackendsWaitingForLock(db.sql) === 1, 20_000)
 
-  const response = await within(app.inject({ url: '/me', headers: { cookie, ...API } }), 15_000, 'the request, while the lock is held')
+  // The lock is held until the end: without the bound the request would wait for it.
+  const response = await within(app.inject({ url: '/me', headers: { cookie, ...API } }), 300 + SLACK_MS, 'the request, while the lock is held')
   t.equal(response.statusCode, 200)
   t.same(response.json(), { id: 106, email: 'user106@example.com', playerId: 106, sessionVersion: ahead }, 'served as it is, its stamp unchanged')
   t.same(refreshCalls, [], 'not refreshed')
   await lock.release()
+})
+
+t.test('I4: with the database unreachable (every link black-holed, new ones swallowed), the plugin adds a bounded wait to a request, and its calls fail in bounded time with a coded error', async (t) => {
+  const proxy = await FaultyProxy.start(db.url)
+  t.teardown(() => proxy.close())
+  const catchUpTimeout = 300
+  const queryTimeout = 800
+  const { app } = await buildApp(t, { url: proxy.url(db.url), plugin: { catchUpTimeout, queryTimeout } })
+  const fresh = await login(app, 107)
+  const ahead = await login(app, 108, { sessionVersion: app.sessionRefresh.version + 1 })
+  await app.sessionRefresh.refreshUser(109) // the writer's connection is open, and goes silent too
+  proxy.swallow = true
+  proxy.blackHole()
+
+  const freshAnswer = await within(app.inject({ url: '/me', headers: { cookie: fresh, ...API } }), SLACK_MS, 'a fresh session')
+  t.equal(freshAnswer.statusCode, 200, 'a fresh session needs no database')
+  const aheadAnswer = await within(app.inject({ url: '/me', headers: { cookie: ahead, ...API } }), catchUpTimeout + SLACK_MS, 'a session stamped ahead')
+  t.equal(aheadAnswer.statusCode, 200, 'a session stamped ahead is served as it is once the catch-up runs out')
+  t.equal(await within(app.sessionRefresh.catchUp(), queryTimeout + SLACK_MS, 'catchUp()'), false, 'catchUp() says it could not')
+  await t.rejects(within(app.sessionRefresh.logoutUser(107), 2 * queryTimeout + SLACK_MS, 'logoutUser'), { code: 'FST_SESSION_REFRESH_QUERY_TIMEOUT' },
+    'logoutUser fails with the coded error (after its one retry on a new connection)')
 })

@@ -210,6 +210,23 @@ t.test('a refresh result that cannot be used is a failed refresh', async (t) => 
   ])
 })
 
+t.test('a refresh result may leave a required field out when the session already holds it; out and not held is a failed refresh', async (t) => {
+  const { app, logs } = await buildApp(t, {
+    url: db.url,
+    plugin: { requiredFields: ['email', 'playerId'] },
+    // Only the email is reloaded: playerId stays as the session holds it.
+    refresh: () => ({ email: 'reloaded@example.com' })
+  })
+  const held = await login(app, 16, { playerId: 1600 })
+  const missing = await login(app, 17, { playerId: null }) // stale for the missing field, and nothing to keep
+  await bump(app)
+  const kept = await app.inject({ url: '/me', headers: { cookie: held, ...API } })
+  t.equal(kept.statusCode, 200)
+  t.match(kept.json(), { id: 16, email: 'reloaded@example.com', playerId: 1600 }, 'refreshed, the field it left out kept')
+  t.equal((await app.inject({ url: '/me', headers: { cookie: missing, ...API } })).statusCode, 401)
+  t.match(logs.filter((l) => l.level === 50).map((l) => (l.err as { message: string }).message), ['refresh() left the required session field "playerId" empty'])
+})
+
 t.test('loginRequired sends logged-out requests to log in', async (t) => {
   const { app } = await buildApp(t, { url: db.url, plugin: { loginUrl: '/auth?via=session' } })
   const page = await app.inject({ url: '/me', headers: PAGE })

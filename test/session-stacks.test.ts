@@ -49,6 +49,25 @@ for (const stack of STACKS) {
         t.equal(cell.refreshCalls.length - calls, 1, 'one refresh in all')
       })
 
+      t.test('parallel requests after a bump: one refresh per session, never one shared by two users or two logins', async (t) => {
+        const [ann, bob] = [user(cell), user(cell)]
+        const sessions = [[ann, await cell.login(0, ann)], [ann, await cell.login(0, ann)], [bob, await cell.login(0, bob)]] as const
+        await bump(cell)
+        const before = cell.refreshCalls.length
+        const asking = (): number => cell.logs.filter((l) => l.msg.startsWith('Refreshing stale session')).length
+        const askedBefore = asking()
+        let release = (): void => {}
+        cell.refreshesHeld = new Promise((resolve) => { release = resolve })
+        const pending = sessions.flatMap(([id, cookie]) => Array.from({ length: 4 }, async () => ({ id, response: await cell.get(0, cookie, '/me') })))
+        // Every request has loaded its session (a store may take a while) and waits for a refresh.
+        await eventually('all 12 requests to wait for a refresh', () => asking() - askedBefore === 12)
+        t.equal(cell.refreshCalls.length - before, 3, 'one refresh per session started')
+        release()
+        cell.refreshesHeld = Promise.resolve()
+        for (const { id, response } of await Promise.all(pending)) t.same(response.json(), { id, playerId: id * 10, authenticated: true }, `user ${id} got their own data`)
+        t.same(cell.refreshCalls.slice(before).sort(), [ann, ann, bob].sort(), 'three refreshes: one for each login, none shared')
+      })
+
       t.test('login regenerates the session: an id planted before it is worthless after it', async (t) => {
         if (stack === 'secure') {
           // Not a scenario this cell has: secure-session has no session id to plant,
@@ -84,6 +103,8 @@ for (const stack of STACKS) {
         t.equal((await cell.get(1, cookie, '/me')).statusCode, 200)
         await db.sql`select session_logout_user(${String(id)})`
         await eventually('instance 1 to log the session out', async () => (await cell.get(1, cookie, '/me')).statusCode === 401)
+        // Instance 0 heard the same notification; a read makes sure it has applied it.
+        t.equal(await cell.apps[0]!.sessionRefresh.catchUp(), true)
         t.match((await cell.get(0, cookie, '/me')).json(), { reason: stack === 'secure' ? 'user-logout' : 'not-logged-in' },
           stack === 'secure' ? 'the cookie still says who it was: logged out again' : 'the store no longer has the session')
       })
@@ -149,6 +170,48 @@ for (const stack of STACKS) {
         await cell.apps[0]!.sessionRefresh.logoutUser(id)
         await cell.apps[1]!.sessionRefresh.catchUp()
         t.equal((await cell.get(1, captured, '/me')).statusCode, 401, 'the replayed cookie is refused')
+      })
+
+      t.test('a login that skipped stamp(): its first overlapping requests share one refresh, and its login cookie, replayed after logoutUser, is logged out', async (t) => {
+        const id = user(cell)
+        const captured = await cell.login(0, id, { stamp: false }) // a thief keeps this copy
+        const before = cell.refreshCalls.length
+        let release = (): void => {}
+        cell.refreshesHeld = new Promise((resolve) => { release = resolve })
+        const asking = (): number => cell.logs.filter((l) => l.msg.startsWith('Refreshing stale session')).length
+        const askedBefore = asking()
+        const first = Array.from({ length: 6 }, () => cell.get(1, captured, '/me'))
+        // Every request has loaded its session (a store may take a while) and waits for a refresh.
+        await eventually('all 6 requests to wait for a refresh', () => asking() - askedBefore === 6)
+        release()
+        cell.refreshesHeld = Promise.resolve()
+        const answers = await Promise.all(first)
+        t.same(answers.map((r) => r.statusCode), Array(6).fill(200))
+        t.same(cell.refreshCalls.slice(before), [id], 'one refresh for the six requests of one login')
+        await cell.apps[0]!.sessionRefresh.logoutUser(id)
+        await cell.apps[1]!.sessionRefresh.catchUp()
+        for (const instance of [0, 1]) {
+          t.match((await cell.get(instance, captured, '/me')).json(), { statusCode: 401 }, `the login cookie replayed on instance ${instance} is refused`)
+        }
+        // A login after the logout stays in. (Without stamp(), a secure-session login
+        // is dated by the second it was written: within that second it counts as before.)
+        const later = await cell.login(1, id, { stamp: stack === 'secure' })
+        t.equal((await cell.get(0, later, '/me')).statusCode, 200, 'a later login is not ended by the earlier logout')
+      })
+
+      t.test('logoutUser with keep: a copy of the kept session from before the change is kept only where there is one session (a store), not a cookie a thief holds', async (t) => {
+        const id = user(cell)
+        const kept = await cell.login(0, id)
+        const stolen = (await cell.get(0, kept, '/me')).statusCode === 200 ? kept : ''
+        const changed = await cell.post(0, kept, '/password')
+        t.equal(changed.statusCode, 200)
+        await cell.apps[1]!.sessionRefresh.catchUp()
+        const keptNow = stack === 'secure' ? cookieOf(changed) : kept
+        t.equal((await cell.get(1, keptNow, '/me')).statusCode, 200, 'the session that changed the password stays in')
+        // @fastify/session: the thief's cookie is the same session id, the one session (Django keeps it too).
+        // secure-session: the thief holds the old cookie, with the login key from before the change.
+        t.equal((await cell.get(1, stolen, '/me')).statusCode, stack === 'secure' ? 401 : 200,
+          stack === 'secure' ? 'the copy from before the change is logged out' : 'the one stored session is kept')
       })
     })
   }

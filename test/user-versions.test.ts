@@ -199,7 +199,8 @@ t.test('a logout older than one session lifetime does not log out a later login'
   // Two apps: one that tracked the logout, one started a lifetime later that never saw it.
   const { app: early } = await buildApp(t, { url: db.url, plugin: { sessionLifetime: 400, pollInterval: 50 } })
   await early.sessionRefresh.logoutUser(901)
-  await new Promise((resolve) => setTimeout(resolve, 450))
+  // The early app forgets the logout once it is a lifetime old (it prunes at each poll).
+  await eventually('the logout to be a lifetime old', () => early.sessionRefresh.status().userVersions === 0)
   const { app, refreshCalls } = await buildApp(t, { url: db.url, plugin: { sessionLifetime: 400 } })
   t.equal(app.sessionRefresh.status().userVersions, 0, 'the old logout is outside the lifetime')
   const cookie = await login(app, 901) // stamped 0: no change known
@@ -291,8 +292,14 @@ t.test('a per-user change committed by a long transaction while the listener is 
   t.teardown(() => etl.release())
   await etl`begin`
   await etl`select session_refresh_user('907')` // dated now, committed much later
-  // Polls run meanwhile; a clock-based catch-up would move past this row's date.
-  await new Promise((resolve) => setTimeout(resolve, 6000))
+  // Polls run meanwhile, each well after this row's date: a clock-based catch-up would move past it.
+  const polls = new Set<string | null>()
+  const from = Date.now()
+  await eventually('30 polls after the change', () => {
+    const { lastSyncAt } = app.sessionRefresh.status()
+    if (lastSyncAt !== null && Date.parse(lastSyncAt) > from) polls.add(lastSyncAt)
+    return polls.size >= 30
+  }, 30_000)
   await admin.unsafe(`alter database ${database} allow_connections false`)
   const terminated = await admin`
     select pg_terminate_backend(pid) from pg_stat_activity

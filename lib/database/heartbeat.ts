@@ -1,5 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 
+// How often start()'s own notification is sent again until it comes back.
+const ROUND_TRIP_RESEND_MS = 500
+
 export interface HeartbeatOptions {
   interval: number
   timeout: number
@@ -29,6 +32,7 @@ export class Heartbeat {
   #pending: string | null = null
   #deadline: NodeJS.Timeout | undefined
   #onToken: ((payload: string) => void) | null = null
+  #resend: NodeJS.Timeout | undefined
   misses = 0
   lastAt: Date | null = null
 
@@ -71,12 +75,17 @@ export class Heartbeat {
       this.#onToken = (payload) => { if (payload === token) resolve() }
     })
     await this.#options.send(token)
+    // A LISTEN connection that dropped and was made again meanwhile never got
+    // it: sent again until one comes back (or start() gives up and stops it).
+    this.#resend = setInterval(() => { this.#options.send(token).catch(() => {}) }, ROUND_TRIP_RESEND_MS).unref()
     await arrived
+    clearInterval(this.#resend)
     this.#onToken = null
   }
 
   stop (): void {
     clearTimeout(this.#deadline)
+    clearInterval(this.#resend)
   }
 
   #missed (): void {

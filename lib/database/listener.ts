@@ -141,6 +141,7 @@ export class VersionListener implements VersionView {
   get userCount (): number { return this.#versions.userCount }
   user (key: string): UserState | undefined { return this.#versions.user(key) }
   mark (): number { return this.#versions.mark() }
+  clockAt (time: number): number { return this.#versions.clockAt(time) }
   changedSince (key: string, mark: number): boolean { return this.#versions.changedSince(key, mark) }
 
   onChange (listener: (change: VersionChange) => void): void {
@@ -149,6 +150,10 @@ export class VersionListener implements VersionView {
 
   catchUp (timeout: number): Promise<boolean> {
     return withTimeout(this.#sync.request(), timeout, () => false)
+  }
+
+  get closed (): boolean {
+    return this.#closed
   }
 
   get listening (): boolean {

@@ -1,6 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises'
 import type { Sql, TransactionSql } from 'postgres'
-import { MissingTableError } from '../errors.js'
+import { InvalidOptionError, MissingTableError } from '../errors.js'
+import { MAX_SCHEMA_BYTES } from './channel.js'
 import { parseVersionOrThrow } from './version.js'
 
 const sqlDir = new URL('../../sql/', import.meta.url)
@@ -32,6 +33,7 @@ export async function migrationFiles (): Promise<string[]> {
  * one transaction, which needs the owner's rights.
  */
 export async function migrate (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<string[]> {
+  checkSchema(schema)
   const files = await migrationFiles()
   if ((await pending(sql, schema, files)).length === 0 && await rowsPresent(sql, schema)) return []
   return sql.begin(async (tx) => {
@@ -56,17 +58,22 @@ export async function migrate (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOpti
     // says to migrate. The trigger gives the version a value never given out before.
     await tx`insert into system_settings (key, value, description)
              values ('session_version', '1', 'Version number incremented after each ETL run') on conflict (key) do nothing`
-    await tx`insert into session_refresh_state default values on conflict do nothing`
+    // A logout clock made again from 0 would stamp new logins below the logouts
+    // still in session_user_versions, and log them out: it goes on from there.
+    await tx`insert into session_refresh_state (logout_seq, users_epoch)
+             select session_refresh_next(coalesce(max(logout_seq), 0)), session_refresh_next(0) from session_user_versions
+             on conflict do nothing`
     return todo
   })
 }
 
-/** Whether the rows every instance reads are there. */
+/** Whether the rows every instance reads are there, and the per-user table. */
 async function rowsPresent (sql: Sql, schema: string): Promise<boolean> {
   try {
     const [row] = await sql<Array<{ present: boolean }>>`
       select exists (select 1 from ${sql(schema)}.system_settings where key = 'session_version')
-         and exists (select 1 from ${sql(schema)}.session_refresh_state) as present`
+         and exists (select 1 from ${sql(schema)}.session_refresh_state)
+         and to_regclass(${quoteIdentifier(schema) + '.session_user_versions'}) is not null as present`
     return row!.present
   } catch (err) {
     // 42P01: a table was dropped; the migration makes it again.
@@ -95,6 +102,7 @@ async function pending (sql: Sql | TransactionSql, schema: string, files: string
 
 /** Reads the current session version. Throws a coded error when it is missing or malformed. */
 export async function readSessionVersion (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<number> {
+  checkSchema(schema)
   const rows = await withTableCheck(sql<{ value: string }[]>`
     select value from ${sql(schema)}.system_settings where key = 'session_version'`)
   if (rows[0] === undefined) throw new MissingTableError()
@@ -107,6 +115,7 @@ export async function readSessionVersion (sql: Sql, { schema = DEFAULT_SCHEMA }:
  * microseconds, so a value never repeats, even after a restore.
  */
 export async function bumpSessionVersion (sql: Sql, { schema = DEFAULT_SCHEMA }: SchemaOption = {}): Promise<number> {
+  checkSchema(schema)
   const rows = await withTableCheck(sql<{ value: string }[]>`
     update ${sql(schema)}.system_settings set value = (value::bigint + 1)::text
     where key = 'session_version' returning value`)
@@ -123,6 +132,17 @@ export async function withTableCheck<T> (query: PromiseLike<T>): Promise<T> {
     const code = (err as { code?: unknown }).code
     if (code === '42P01' || code === 'P0002') throw new MissingTableError()
     throw err
+  }
+}
+
+/**
+ * The schema names the plugin and the command take: PostgreSQL allows longer
+ * ones, but the schema's NOTIFY channel (session_refresh.<schema>) would then
+ * pass 63 bytes, and every bump and logout would fail.
+ */
+function checkSchema (schema: unknown): void {
+  if (typeof schema !== 'string' || schema.length === 0 || Buffer.byteLength(schema) > MAX_SCHEMA_BYTES) {
+    throw new InvalidOptionError(`expected \`schema\` to be a schema name of 1 to ${MAX_SCHEMA_BYTES} bytes, got ${JSON.stringify(schema)}`)
   }
 }
 

@@ -30,7 +30,7 @@ interface StateRow {
   user_notify: boolean
   logout_clock: string
   generation: string
-  xmin: string
+  snapshot: string
   server_now: number
   queue_usage: number
   users: string
@@ -48,10 +48,12 @@ export class Sync {
   #running: Promise<boolean> | null = null
   #queued: Promise<boolean> | null = null
   #lastStart = -Infinity
-  // Where the next read of per-user changes starts: the oldest transaction
-  // still open at the last read, so a change committed later by a long
-  // transaction is found, whichever role made it.
-  #readFromXid: bigint | null = null
+  // The snapshot of the last read: the next one reads only the rows it could
+  // not see, written by transactions that were still open then (a long ETL's
+  // commit comes late, whichever role made it) or that began after it. Not
+  // "every transaction since the oldest one open": any role can hold one open,
+  // and the reads would then grow with every change since.
+  #since: Snapshot | null = null
   // Changes when rows may have gone away (delete, truncate, restore): the next read is then full.
   #generation: string | null = null
   lastSyncAt: Date | null = null
@@ -101,15 +103,15 @@ export class Sync {
   }
 
   async #readAndApply (): Promise<void> {
-    const from = this.#readFromXid
-    let result = await this.#readPages(from)
-    if (from !== null && (result.generation !== this.#generation || result.xmin < from)) {
+    const since = this.#since
+    let result = await this.#readPages(since)
+    if (since !== null && (result.generation !== this.#generation || result.snapshot.xmin < since.xmin)) {
       // Rows were deleted, the table was replaced, or the database went back in
       // time (a point-in-time restore): only a full read shows what is there now.
       result = await this.#readPages(null)
     }
     const change = this.#options.versions.apply(result)
-    this.#readFromXid = result.xmin
+    this.#since = result.snapshot
     this.#generation = result.generation
     this.lastSyncAt = new Date()
     this.#options.onApplied(change)
@@ -120,44 +122,53 @@ export class Sync {
    * comes from the first page's snapshot: every logout on the logout clock it
    * holds was committed before it, so it is in the rows that follow.
    */
-  async #readPages (from: bigint | null): Promise<ReadResult & { xmin: bigint, generation: string }> {
-    const first = await this.#read(from, null)
+  async #readPages (since: Snapshot | null): Promise<Read> {
+    const first = await this.#read(since, null)
     const users = first.users
     for (let page = first.users; page.length === PAGE_ROWS;) {
-      page = (await this.#read(from, page[page.length - 1]!)).users
+      page = (await this.#read(since, page[page.length - 1]!)).users
       users.push(...page)
     }
     return { ...first, users }
   }
 
   /** One statement, so one snapshot: the version, the logout clock and a page of rows agree. */
-  async #read (from: bigint | null, after: UserRow | null): Promise<ReadResult & { xmin: bigint, generation: string }> {
+  async #read (since: Snapshot | null, after: UserRow | null): Promise<Read> {
     const { sql, lifetime, timeout, schema } = this.#options
     const users = `${this.#quotedSchema}.session_user_versions`
+    const table = sql`${sql(schema)}.session_user_versions`
     // Pages follow an index in order, with a bound, so the plan walks the index
     // whatever the table holds. The bounds are sub-selects: the planner then
     // does not look the values up in its statistics, which on an index with
     // many dead entries (every change rewrites a row) costs more than the read.
-    const rows = from === null
-      ? sql`select * from ${sql(schema)}.session_user_versions
+    // A read of changes takes the two parts that the last snapshot could not
+    // see, each one walk of the (changed_xid, user_id) index: the transactions
+    // open then, and those that began after it.
+    const next = sql`(changed_xid, user_id) > ((select ${after?.changedXid ?? '0'}::xid8), (select ${after?.userId ?? ''}::text))`
+    const rows = since === null
+      ? sql`select * from ${table}
             where updated_at > now() - ${lifetime} * interval '1 millisecond' and user_id > (select ${after?.userId ?? ''}::text)
             order by user_id limit ${PAGE_ROWS}`
-      : sql`select * from ${sql(schema)}.session_user_versions
-            where (changed_xid, user_id) > ((select ${String(after?.changedXid ?? from)}::xid8), (select ${after?.userId ?? ''}::text))
+      : sql`(select * from ${table} where changed_xid = any (${`{${since.open.join(',')}}`}::xid8[]) and ${next}
+             order by changed_xid, user_id limit ${PAGE_ROWS})
+            union all
+            (select * from ${table} where changed_xid >= (select ${since.xmax}::xid8) and ${next}
+             order by changed_xid, user_id limit ${PAGE_ROWS})
             order by changed_xid, user_id limit ${PAGE_ROWS}`
+    const order = since === null ? sql`u.user_id` : sql`u.changed_xid, u.user_id`
     const query = sql<StateRow[]>`
       select (select value from ${sql(schema)}.system_settings where key = 'session_version') as version,
              s.logout_seq::text as logout_clock,
              s.user_notify,
              s.users_epoch::text || ':' || to_regclass(${users})::oid::text || ':' || pg_relation_filenode(to_regclass(${users}))::text as generation,
-             pg_snapshot_xmin(pg_current_snapshot())::text as xmin,
+             pg_current_snapshot()::text as snapshot,
              (extract(epoch from now()) * 1000)::float8 as server_now,
              pg_notification_queue_usage() as queue_usage,
              coalesce((
                select json_agg(json_build_array(u.user_id, u.version::text, u.logout_seq::text, u.keep_key,
                                                 (extract(epoch from u.updated_at) * 1000)::float8,
                                                 (case when u.logout_at > now() - ${lifetime} * interval '1 millisecond' then u.logout_version else 0 end)::text,
-                                                u.changed_xid::text))
+                                                u.changed_xid::text) order by ${order})
                from (${rows}) u
              ), '[]')::text as users
       from ${sql(schema)}.session_refresh_state s`
@@ -172,12 +183,28 @@ export class Sync {
       logoutClock: Number(row.logout_clock),
       notifyUsers: row.user_notify,
       users: (JSON.parse(row.users) as UserTuple[]).map(toUserRow),
-      full: from === null,
+      full: since === null,
       clockOffset: row.server_now - Date.now(),
-      xmin: BigInt(row.xmin),
+      snapshot: parseSnapshot(row.snapshot),
       generation: row.generation
     }
   }
+}
+
+/** What a read's snapshot saw: every transaction below `xmax` that is not in `open`. */
+interface Snapshot {
+  xmin: bigint
+  xmax: string
+  /** The transactions in progress then: what they wrote may have committed since. */
+  open: string[]
+}
+
+type Read = ReadResult & { snapshot: Snapshot, generation: string }
+
+/** PostgreSQL's text form of a snapshot: `xmin:xmax:xip1,xip2,…`. */
+function parseSnapshot (text: string): Snapshot {
+  const [xmin, xmax, open] = text.split(':') as [string, string, string]
+  return { xmin: BigInt(xmin), xmax, open: open === '' ? [] : open.split(',') }
 }
 
 // Rows per statement: a read of a big table (the first one, a full one) takes several.

@@ -19,6 +19,18 @@ export interface UserChangesOptions {
 export interface UserChange {
   version: number
   logoutSeq: number
+  /** Whether the logout kept the session it was asked to keep. */
+  kept: boolean
+}
+
+/**
+ * The session a logout is asked to keep: by the hash of its login key, if no
+ * logout of an id it has held came after it authenticated (at clock `since`).
+ */
+export interface KeptSession {
+  hash: string
+  since: number
+  held: readonly string[]
 }
 
 /**
@@ -42,7 +54,7 @@ export class UserChanges {
    * `keep`. A connection that was found closed (dropped after a dead link, say)
    * is tried once more on a new one: a change made twice is harmless.
    */
-  async change (userId: string, logout: boolean, keep: string | null): Promise<UserChange> {
+  async change (userId: string, logout: boolean, keep: KeptSession | null): Promise<UserChange> {
     try {
       return await this.#change(userId, logout, keep)
     } catch (err) {
@@ -51,7 +63,7 @@ export class UserChanges {
     }
   }
 
-  async #change (userId: string, logout: boolean, keep: string | null): Promise<UserChange> {
+  async #change (userId: string, logout: boolean, keep: KeptSession | null): Promise<UserChange> {
     if (this.#closed) throw new ClosedError(logout ? 'the logout' : 'the refresh')
     const sql = this.#options.sql ?? (this.#sql ??= openConnection(this.#options.connection, {
       max: 1,
@@ -60,14 +72,17 @@ export class UserChanges {
       connect_timeout: connectTimeoutSeconds(this.#options.connectTimeout)
     }, this.#sockets))
     const { schema, queryTimeout } = this.#options
-    const query = sql<Array<{ version: string, logout_seq: string }>>`
-      select version::text, logout_seq::text from ${sql(schema)}.session_change_user(${userId}, ${logout}, ${keep})`
+    // The table decides the keep, under the logout clock's lock: a logout that
+    // this instance has not read yet may have ended that session already.
+    const query = sql<Array<{ version: string, logout_seq: string, kept: boolean }>>`
+      select version::text, logout_seq::text, kept from ${sql(schema)}.session_change_user(${userId}, ${logout},
+        ${keep?.hash ?? null}, ${keep === null ? null : String(keep.since)}::bigint, ${keep === null ? null : sql.array([...keep.held])}::text[])`
     // A dropped connection aborts the change if it had not committed; the caller may retry.
     const [row] = await withTimeout(withTableCheck(query), queryTimeout, () => {
       this.#sockets.destroyAll()
       throw new QueryTimeoutError(logout ? 'logoutUser' : 'refreshUser', queryTimeout)
     })
-    return { version: Number(row!.version), logoutSeq: Number(row!.logout_seq) }
+    return { version: Number(row!.version), logoutSeq: Number(row!.logout_seq), kept: row!.kept }
   }
 
   /** Drops the connection, so that the next change connects anew (the link is known to be dead). */
@@ -81,3 +96,4 @@ export class UserChanges {
     this.#sockets.destroyAll()
   }
 }
+

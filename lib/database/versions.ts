@@ -41,6 +41,8 @@ export class Versions implements Omit<VersionView, 'catchUp' | 'onChange'> {
   readonly #lifetime: number
   #reads = 0
   #clockOffset = 0
+  // The highest logout clock of the rows read since the last full read.
+  #usersLogoutMax = 0
 
   constructor (lifetime: number) {
     this.#lifetime = lifetime
@@ -58,6 +60,11 @@ export class Versions implements Omit<VersionView, 'catchUp' | 'onChange'> {
     return this.#reads
   }
 
+  clockAt (time: number): number {
+    // Every logout's clock is at least the server's time in microseconds then.
+    return Math.floor((time + this.#clockOffset) * 1000)
+  }
+
   changedSince (key: string, mark: number): boolean {
     return (this.#users.get(key)?.read ?? 0) > mark
   }
@@ -70,8 +77,12 @@ export class Versions implements Omit<VersionView, 'catchUp' | 'onChange'> {
     const read = ++this.#reads
     const changed: string[] = []
     const previous = result.full ? new Map(this.#users) : this.#users
-    if (result.full) this.#users.clear()
+    if (result.full) {
+      this.#users.clear()
+      this.#usersLogoutMax = 0
+    }
     for (const { userId, updatedAt, changedXid: _, ...state } of result.users) {
+      if (state.logoutSeq > this.#usersLogoutMax) this.#usersLogoutMax = state.logoutSeq
       const known = previous.get(userId)
       // An unchanged row (a full read) keeps the read that last changed it.
       const same = known !== undefined && known.version === state.version && known.logoutSeq === state.logoutSeq && known.keep === state.keep
@@ -80,7 +91,9 @@ export class Versions implements Omit<VersionView, 'catchUp' | 'onChange'> {
     }
     const versionMoved = result.version !== this.version
     this.version = result.version
-    this.logoutClock = result.logoutClock
+    // A login is stamped with the clock: it must be above every logout still in
+    // the table, even when the clock's own row was re-created or restored lower.
+    this.logoutClock = Math.max(result.logoutClock, this.#usersLogoutMax)
     this.notifyUsers = result.notifyUsers
     this.#clockOffset = result.clockOffset
     return { version: versionMoved, users: changed }

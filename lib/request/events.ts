@@ -96,7 +96,9 @@ export class EventStreams {
   }
 
   #refuse (reply: FastifyReply, statusCode: number, message: string): void {
-    // Before the stream starts: a plain JSON answer, and no stream.
+    // Before the stream starts: a plain JSON answer, and no stream. Nothing is
+    // saved either: a client that reconnects would store a session each time.
+    (reply.request as { session: unknown }).session = null
     reply.code(statusCode).type('application/json').send({ statusCode, error: statusCode === 401 ? 'Unauthorized' : 'Too Many Requests', message })
   }
 

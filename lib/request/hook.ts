@@ -5,7 +5,7 @@ import { sendToLogin, type LoginPage, type LoginReason } from './login.js'
 import type { RefreshOutcome, Refresher } from './refresher.js'
 import type { RouteFlags } from './routes.js'
 import type { SessionAdapter, SessionFields } from './sessions.js'
-import { HELD_IDS, asStamp, newLoginKey, storedIdentity, type SessionStamp } from './stamp.js'
+import { HELD_IDS, asStamp, storedIdentity, type SessionStamp } from './stamp.js'
 import { UNREAD, isAhead, logoutOf, staleReason } from './verdict.js'
 import type { VersionView } from '../view.js'
 
@@ -102,6 +102,9 @@ class SlowPath {
     // Throws the coded error for an id that is not one (an object): a 500, never a shared key.
     const visit: Visit = { request, reply, route, session, identity: identity as Visit['identity'], key: identityKey(identity) }
     let stamp = found !== null && sameIdentity(found.i, identity) ? found : null
+    // The same user under another type (1061 for '1061': postgres.js reads int8
+    // as a string): the same login, not a new one.
+    if (stamp === null && found !== null && String(found.i) === visit.key) stamp = this.#write(session, { ...found, i: storedIdentity(visit.identity) })
     if (stamp === null) {
       if (loggedOutUnder010(session, visit.key, view)) return this.#logOut(visit, 'user-logout')
       stamp = this.#authenticateNow(visit)
@@ -132,14 +135,19 @@ class SlowPath {
 
   /**
    * A session whose identity has no stamp of its own: a login that did not
-   * call stamp(), or a session from before the plugin. It is authenticated now,
-   * at the logout clock this instance has read, and its data is read first.
+   * call stamp(), or a session from before the plugin. It authenticated when
+   * its session plugin can tell (a cookie session dates its writes), else now,
+   * at the logout clock this instance has read; its data is read first. Every
+   * copy of it gets the same login key, so that overlapping requests share one
+   * refresh.
    */
   #authenticateNow (visit: Visit): SessionStamp {
+    const { view, adapter } = this.#deps
     visit.request.log.debug({ userId: visit.key }, 'Stamping a logged-in session that has no stamp')
     for (const field of LEGACY_FIELDS) if (visit.session.get(field) !== undefined) visit.session.set(field, undefined)
+    const { loginKey, at } = adapter.firstLogin(visit.session, visit.key)
     return this.#write(visit.session, {
-      v: UNREAD, u: 0, a: this.#deps.view.logoutClock, k: newLoginKey(), i: storedIdentity(visit.identity), h: []
+      v: UNREAD, u: 0, a: at === null ? view.logoutClock : view.clockAt(at), k: loginKey, i: storedIdentity(visit.identity), h: []
     })
   }
 
@@ -162,6 +170,8 @@ class SlowPath {
       return this.#finish(visit)
     }
     for (const [field, value] of Object.entries(outcome.fields)) session.set(field, value)
+    // The handler runs next: a logout by another request meanwhile must not be undone by this save.
+    adapter.saveOnlyIfStored(request, session)
     const identity = options.identify(session, request)
     // A refresh that leaves no user behind has failed, whatever it returned.
     if (identity == null) return this.#failed(visit, new Error('refresh() left the session without a user'))

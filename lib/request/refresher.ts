@@ -49,6 +49,8 @@ export class Refresher {
   readonly #options: RefresherOptions
   readonly #limit: LimitFunction
   readonly #inFlight = new Map<string, Promise<RefreshOutcome>>()
+  // Calls still running whose requests were answered by the timeout.
+  #overdue = 0
   refreshes = 0
   failures = 0
 
@@ -62,9 +64,21 @@ export class Refresher {
     return this.#limit.activeCount
   }
 
+  /** Requests waiting for a free slot now. */
+  get queued (): number {
+    return this.#limit.pendingCount
+  }
+
   run (flight: string, call: RefreshCall): Promise<RefreshOutcome> {
     let outcome = this.#inFlight.get(flight)
     if (outcome === undefined) {
+      // Every slot held by a call that outlived its timeout: nothing frees one
+      // until such a call settles, so a request would only wait out its timeout
+      // in the queue. Answered at once, it holds nothing.
+      if (this.#overdue >= this.#options.maxConcurrent) {
+        this.failures++
+        return Promise.resolve({ ok: false, reason: 'refresh-error', error: new RefreshTimeoutError(this.#options.timeout) })
+      }
       outcome = new Promise((resolve) => this.#start(flight, call, resolve))
       this.#inFlight.set(flight, outcome)
     }
@@ -78,24 +92,36 @@ export class Refresher {
    */
   #start (flight: string, call: RefreshCall, answer: (outcome: RefreshOutcome) => void): void {
     let answered = false
+    let running = false
+    // Dropped once the request is answered: a call that waits in the queue
+    // behind hung ones must not keep the request and its session in memory.
+    let waiting: RefreshCall | null = call
     const reply = (outcome: RefreshOutcome): void => {
       if (answered) return
       answered = true
+      waiting = null
       clearTimeout(timer)
       if (outcome.ok) this.refreshes++
       else if (outcome.reason === 'refresh-error') this.failures++
       answer(outcome)
     }
-    const timer = setTimeout(() => reply({ ok: false, reason: 'refresh-error', error: new RefreshTimeoutError(this.#options.timeout) }), this.#options.timeout)
+    const timer = setTimeout(() => {
+      if (running) this.#overdue++
+      reply({ ok: false, reason: 'refresh-error', error: new RefreshTimeoutError(this.#options.timeout) })
+    }, this.#options.timeout)
     const queued = this.#limit.activeCount >= this.#options.maxConcurrent
     const queuedAt = performance.now()
     void this.#limit(async () => {
-      if (answered) return
+      if (waiting === null) return
+      const now = waiting
+      running = true
       if (queued) {
-        call.request.log.info({ waitedMs: Math.round(performance.now() - queuedAt), queued: this.#limit.pendingCount },
+        now.request.log.info({ waitedMs: Math.round(performance.now() - queuedAt), queued: this.#limit.pendingCount },
           'Session refresh waited for a free slot')
       }
-      reply(await this.#call(call))
+      const outcome = await this.#call(now)
+      if (answered) this.#overdue--
+      reply(outcome)
     }).finally(() => this.#inFlight.delete(flight))
   }
 

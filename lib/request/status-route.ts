@@ -8,7 +8,7 @@ export const statusSchema = {
   type: 'object',
   required: [
     'listening', 'version', 'lastNotificationAt', 'lastHeartbeatAt', 'lastSyncAt', 'lastSyncError', 'reconnects',
-    'heartbeatMisses', 'queueUsage', 'userVersions', 'userChanges', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning'
+    'heartbeatMisses', 'queueUsage', 'userVersions', 'userChanges', 'refreshes', 'refreshFailures', 'logouts', 'refreshesRunning', 'refreshesQueued'
   ],
   properties: {
     listening: { type: 'boolean', description: 'LISTEN is up and the last read, made since it came up, succeeded. False means changes may be missed right now.' },
@@ -30,7 +30,8 @@ export const statusSchema = {
     refreshes: count('Calls of refresh that returned session fields.'),
     refreshFailures: count('Calls of refresh that threw or returned something unusable.'),
     logouts: count('Requests sent to log in because their session could not be refreshed.'),
-    refreshesRunning: count('Calls of refresh running right now.')
+    refreshesRunning: count('Calls of refresh running right now, timed-out ones included until they settle.'),
+    refreshesQueued: count('Requests waiting for a free slot to call refresh.')
   }
 } as const
 
@@ -40,8 +41,8 @@ export const statusSchema = {
  */
 export function addStatusRoute (fastify: FastifyInstance, url: string): void {
   fastify.get(url, {
-    // A health check must answer even for a stale session, and must not trigger a refresh.
-    config: { sessionRefresh: false },
+    // A health check must answer even for a stale or logged-out session, and must not trigger a refresh.
+    config: { sessionRefresh: false, loginRoute: true },
     schema: { response: { 200: statusSchema, 503: statusSchema } }
   }, async function statusHandler (request, reply) {
     // A poller sends no cookie, and @fastify/session would store a new empty

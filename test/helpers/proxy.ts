@@ -12,6 +12,8 @@ export class Link {
   holed = false
   /** The client's side closed (the client dropped the connection). */
   clientClosed = false
+  /** Bytes the server sent on this link so far: how much a query's answer weighs. */
+  bytesFromServer = 0
   // The server's bytes are forwarded whole message by whole message (every
   // message it sends has a type byte and a length), so a hold starts between two.
   #fromServer = Buffer.alloc(0)
@@ -72,6 +74,7 @@ export class Link {
 
   fromServer (chunk: Buffer): void {
     if (this.holed) return
+    this.bytesFromServer += chunk.length
     this.#fromServer = Buffer.concat([this.#fromServer, chunk])
     while (this.#fromServer.length >= 5) {
       const size = 1 + this.#fromServer.readInt32BE(1)

@@ -58,7 +58,7 @@ export function appGrants (schema: string, app: string): string[] {
     `GRANT USAGE ON SCHEMA ${s} TO ${app}`,
     `GRANT SELECT ON ${s}.system_settings, ${s}.session_user_versions, ${s}.session_refresh_state, ${s}.session_refresh_migrations TO ${app}`,
     `GRANT EXECUTE ON FUNCTION ${s}.session_refresh_user(text), ${s}.session_logout_user(text), ` +
-      `${s}.session_change_user(text, boolean), ${s}.session_change_user(text, boolean, text) TO ${app}`
+      `${s}.session_change_user(text, boolean), ${s}.session_change_user(text, boolean, text, bigint, text[]) TO ${app}`
   ]
 }
 

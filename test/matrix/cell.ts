@@ -50,7 +50,10 @@ export interface Cell {
   logs: LogLine[]
   /** The user ids `refresh` was called for, on any instance. */
   refreshCalls: number[]
-  login (instance: number, id: number): Promise<string>
+  /** What every `refresh` waits for before it answers; resolved unless a test holds refreshes. */
+  refreshesHeld: Promise<void>
+  /** Logs in on one instance; `stamp: false` is a login path that skips stamp() (an OAuth callback, say). */
+  login (instance: number, id: number, options?: { stamp?: boolean }): Promise<string>
   get (instance: number, cookie: string | undefined, url: string, headers?: Record<string, string>): Promise<LightMyRequestResponse>
   post (instance: number, cookie: string, url: string): Promise<LightMyRequestResponse>
 }
@@ -88,6 +91,8 @@ export async function buildCell (t: Teardown, spec: CellSpec, url: string): Prom
         ? await (async () => { const redis = await createRedis(t); return new RedisStore({ client: redis.client, prefix: redis.prefix }) })()
         : null
   const apps: FastifyInstance[] = []
+  // Filled in below; the refresh of either instance reads cell.refreshesHeld when it runs.
+  const cell = { refreshesHeld: Promise.resolve() } as Cell
   for (let i = 0; i < 2; i++) {
     const app = Fastify({ logger: { level: 'debug', stream } })
     t.teardown(() => app.close())
@@ -101,9 +106,10 @@ export async function buildCell (t: Teardown, spec: CellSpec, url: string): Prom
     await app.register(sessionRefresh, {
       connection: url,
       ...(identify === undefined ? {} : { identify }),
-      refresh: (s) => {
+      refresh: async (s) => {
         const id = Number(identify === undefined ? s.get('id') : identify(s as never))
         refreshCalls.push(id)
+        await cell.refreshesHeld
         const user = users.get(id)
         return user === undefined || user.deleted ? null : { playerId: user.playerId }
       }
@@ -122,22 +128,22 @@ export async function buildCell (t: Teardown, spec: CellSpec, url: string): Prom
     addRoutes(app, spec, passport)
     apps.push(app)
   }
-  const cell: Cell = {
+  Object.assign(cell, {
     name: `${spec.stack === 'secure' ? '@fastify/secure-session' : `@fastify/session + ${spec.stack} store`}${spec.passport ? ' + @fastify/passport' : ''}`,
     spec,
     apps,
     users,
     logs,
     refreshCalls,
-    async login (instance, id) {
-      const response = await apps[instance]!.inject({ method: 'POST', url: '/login', payload: { id, password: 'secret' } })
+    async login (instance, id, { stamp = true } = {}) {
+      const response = await apps[instance]!.inject({ method: 'POST', url: '/login', payload: { id, password: 'secret', stamp } })
       if (response.statusCode !== 200) throw new Error(`login failed: ${response.statusCode} ${response.body}`)
       return cookieOf(response)
     },
     get: (instance, cookie, url, headers = { accept: 'application/json' }) =>
       apps[instance]!.inject({ url, headers: { ...headers, ...(cookie === undefined ? {} : { cookie }) } }),
-    post: (instance, cookie, url) => apps[instance]!.inject({ method: 'POST', url, headers: { cookie, accept: 'application/json' } })
-  }
+    post: (instance: number, cookie: string, url: string) => apps[instance]!.inject({ method: 'POST', url, headers: { cookie, accept: 'application/json' } })
+  } satisfies Omit<Cell, 'refreshesHeld'>)
   return cell
 }
 
@@ -153,18 +159,18 @@ function addRoutes (app: FastifyInstance, spec: CellSpec, passport: InstanceType
     spec.passport ? passportIdentity(s(request).get('passport')) : s(request).get('id')
 
   if (passport === null) {
-    app.post<{ Body: { id: number } }>('/login', async (request) => {
+    app.post<{ Body: { id: number, stamp: boolean } }>('/login', async (request) => {
       await s(request).regenerate() // a new session id at login, like passport does
       s(request).set('id', request.body.id)
       s(request).set('playerId', request.body.id * 10)
-      app.sessionRefresh.stamp(request)
+      if (request.body.stamp) app.sessionRefresh.stamp(request)
       return { ok: true }
     })
   } else {
-    app.post<{ Body: { id: number } }>('/login', { preValidation: passport.authenticate('password') }, async (request) => {
+    app.post<{ Body: { id: number, stamp: boolean } }>('/login', { preValidation: passport.authenticate('password') }, async (request) => {
       // passport's logIn regenerated the session: the stamp goes in after it.
       s(request).set('playerId', request.body.id * 10)
-      app.sessionRefresh.stamp(request)
+      if (request.body.stamp) app.sessionRefresh.stamp(request)
       return { ok: true }
     })
   }
