@@ -9,10 +9,12 @@
 // I4 (bounded): never more than maxConcurrentRefreshes calls at once, and none
 //    left running once every request was answered.
 import fc from 'fast-check'
+import postgres from 'postgres'
 import type { LightMyRequestResponse } from 'fastify'
 import { bumpSessionVersion, readSessionVersion } from '../../lib/index.js'
 import { API, sessionCookie } from '../helpers/app.js'
 import { eventually } from '../helpers/database.js'
+import { readServerInfo } from '../setup/server.js'
 import { MAX_CONCURRENT_REFRESHES, type System } from './system.js'
 
 export const USERS = ['ann', 'bob', 'cid'] as const
@@ -344,6 +346,30 @@ class KillListeners extends Step {
   toString (): string { return 'KillListeners()' }
 }
 
+/** I3's other half: while LISTEN is down and cannot come back, no instance says it listens. */
+class ListenersDown extends Step {
+  async act (_model: Model, real: Real): Promise<void> {
+    const { sql } = real.system
+    const apps = real.system.apps.map(({ app }) => app)
+    const [{ database }] = await sql<[{ database: string }]>`select current_database() as database`
+    // A database cannot refuse connections from within itself: from the server's default one.
+    const admin = postgres((await readServerInfo()).url, { max: 1, onnotice: () => {} })
+    await admin.unsafe(`alter database "${database}" allow_connections false`)
+    try {
+      await sql`
+        select pg_terminate_backend(pid) from pg_stat_activity
+        where application_name = 'fastify-session-refresh' and datname = current_database() and query ilike 'listen%'`
+      // The socket's close tells each instance at once; none can listen again while connections are refused.
+      await eventually('I3: every instance to say it does not listen', () => apps.every((app) => !app.sessionRefresh.status().listening), 10_000)
+    } finally {
+      await admin.unsafe(`alter database "${database}" allow_connections true`)
+      await admin.end()
+    }
+  }
+
+  toString (): string { return 'ListenersDown()' }
+}
+
 const FORGED = ['version:999999999999999', 'version:1', 'users', 'heartbeat:forged:1', '{"u":"1","v":9007199254740991}', 'x'.repeat(7000)]
 
 class Forge extends Step {
@@ -432,6 +458,7 @@ export function commands (extra: Array<fc.Arbitrary<fc.AsyncCommand<Model, Real>
     fc.constant(new SnapshotUsers()),
     fc.constant(new RestoreUsers()),
     fc.constant(new KillListeners()),
+    fc.constant(new ListenersDown()),
     fc.nat({ max: FORGED.length - 1 }).map((p) => new Forge(p)),
     fc.tuple(fc.array(fc.nat(), { minLength: 1, maxLength: 4 }), user, fc.boolean(), fc.array(instance, { minLength: 1, maxLength: 2 }))
       .map(([picks, u, bump, is]) => new Race(picks, u, bump, is)),
