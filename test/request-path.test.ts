@@ -85,6 +85,18 @@ t.test('11.3 a login over a stale session is not swallowed, and next never point
   t.equal((await custom.app.inject({ url: '/auth/callback', headers: PAGE })).statusCode, 200, 'config.loginRoute marks another login route')
   const toLogin = await custom.app.inject({ url: '/auth/login?via=app', headers: PAGE, method: 'GET' })
   t.equal(toLogin.statusCode, 404, 'no route, and no redirect loop to itself')
+
+  // A single-page app serves every path, the login page too, from one protected catch-all route.
+  const spa = await buildApp(t, { url: db.url, refresh: () => null })
+  spa.app.get('/*', { config: { loginRequired: true } }, async (request) => ({ path: request.url, id: request.session.get('id') ?? null }))
+  const gone = await login(spa.app, 123)
+  await bump(spa)
+  const loginPage = await spa.app.inject({ url: '/login?next=%2Fapp', headers: { cookie: gone, ...PAGE } })
+  t.equal(loginPage.statusCode, 200, 'the login page is served, not sent to log in at itself')
+  t.same(loginPage.json(), { path: '/login?next=%2Fapp', id: null }, 'with the session emptied')
+  t.equal((await spa.app.inject({ url: '/login', headers: PAGE })).statusCode, 200, 'and without a session')
+  const elsewhere = await spa.app.inject({ url: '/app/settings', headers: PAGE })
+  t.equal(elsewhere.headers.location, '/login?next=%2Fapp%2Fsettings&reason=not-logged-in', 'every other path goes to log in, and comes back')
 })
 
 t.test('11.4 a login that skips stamp() is authenticated at its first request, not before an earlier logout', async (t) => {

@@ -45,7 +45,7 @@ export function createHook (deps: HookDeps): SessionHook {
     const session = adapter.sessionOf(request)
     const identity = session === null ? null : identify(session, request)
     if (identity == null) {
-      if (route.loginRequired && !route.loginRoute) sendToLogin(request, reply, deps.login, 'not-logged-in')
+      if (route.loginRequired && !atLogin(route, request, deps.login)) sendToLogin(request, reply, deps.login, 'not-logged-in')
       else done()
       return
     }
@@ -60,6 +60,15 @@ export function createHook (deps: HookDeps): SessionHook {
     }
     new SlowPath(deps).run(request, reply, route, session!, identity, stamp).then((answered) => { if (!answered) done() }, done)
   }
+}
+
+/**
+ * A login route, or a request for the login page served by another route (a
+ * single-page app's catch-all, say): sending it to log in would send it to
+ * itself, again and again. It goes on, with the session emptied if need be.
+ */
+function atLogin (route: RouteFlags, request: FastifyRequest, login: LoginPage): boolean {
+  return route.loginRoute || (login.path !== null && request.url.split(/[?#]/, 1)[0] === login.path)
 }
 
 // Where 0.1.0 kept its stamp: the global version and the user's version.
@@ -208,7 +217,7 @@ class SlowPath {
 
   /** `loginRequired` is decided on the session as it is now, after any refresh. */
   #finish ({ request, reply, route }: Visit): boolean {
-    if (!route.loginRequired || route.loginRoute) return false
+    if (!route.loginRequired || atLogin(route, request, this.#deps.login)) return false
     const session = this.#deps.adapter.sessionOf(request)
     if (session !== null && this.#deps.options.identify(session, request) != null) return false
     sendToLogin(request, reply, this.#deps.login, 'not-logged-in')
@@ -226,7 +235,7 @@ class SlowPath {
     this.#deps.onLogout()
     await this.#empty(visit)
     loggedOutRequests.set(visit.request, reason)
-    if (visit.route.loginRoute) return false
+    if (atLogin(visit.route, visit.request, this.#deps.login)) return false
     // The reply may still be on its way (the session store saves in onSend), so
     // the handler must be skipped on our word, not on reply.sent.
     sendToLogin(visit.request, visit.reply, this.#deps.login, reason)

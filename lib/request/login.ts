@@ -43,9 +43,9 @@ export function loginPage (loginUrl: string): LoginPage {
 export function sendToLogin (request: FastifyRequest, reply: FastifyReply, login: LoginPage, reason: LoginReason): FastifyReply {
   if (wantsPage(request)) {
     const separator = login.url.includes('?') ? '&' : '?'
-    // After logging in, come back here; never to the login page itself.
-    const back = safeRedirectPath(request.url)
-    const next = back.split(/[?#]/, 1)[0] === login.path ? '/' : back
+    // After logging in, come back here. Never the login page itself: a request
+    // for it is never sent to log in (see atLogin in hook.ts).
+    const next = safeRedirectPath(request.url)
     return reply.redirect(`${login.url}${separator}next=${encodeURIComponent(next)}&reason=${reason}`, 302)
   }
   const error = new LoginRequiredError(MESSAGES[reason])
