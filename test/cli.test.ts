@@ -1,3 +1,6 @@
+// The `session-refresh` command, as a real process and in-process, path by path.
+// Long: every command and every error of one small program, on databases set up
+// once; split by command, each file would repeat that setup.
 import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import type { Sql } from 'postgres'

@@ -1,6 +1,7 @@
 // Behaviours at the edges of the request path and the database side: ids of
 // every kind, routes registered before the plugin, login pages elsewhere, a
-// store that fails mid-logout, reads that hang, several hosts.
+// store that fails mid-logout, reads that hang, several hosts. Long: each is
+// one short test, and none has a theme of its own.
 import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'

@@ -1,3 +1,5 @@
+// migrate(): fresh schemas, re-runs, dropped tables and rows, live databases
+// (locks), and least-privilege roles. Long: one subject, and its role setup shared.
 import { readdir } from 'node:fs/promises'
 import postgres, { type Sql, type TransactionSql } from 'postgres'
 import t from 'tap'

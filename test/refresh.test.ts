@@ -1,3 +1,6 @@
+// The request path's designed behaviour: fresh, stale, refreshed, logged out,
+// 302 or 401, route flags, identity fields. Long: one test per behaviour of the
+// README's "When is a session stale?" and "Route config", on one database.
 import cookie from '@fastify/cookie'
 import session from '@fastify/session'
 import Fastify from 'fastify'

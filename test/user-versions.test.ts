@@ -1,3 +1,5 @@
+// One user: refreshUser, logoutUser (with keep), the SQL functions, lifetimes,
+// missed notifications and catch-ups. Long: one subject, on one database.
 import postgres from 'postgres'
 import t from 'tap'
 import { bumpSessionVersion } from '../lib/index.js'

@@ -60,7 +60,9 @@ export interface ListenerStatus {
 const READ_SPACING_MS = 20
 
 /**
- * Keeps the versions in memory, as the tables say.
+ * Keeps the versions in memory, as the tables say. (Long: the LISTEN
+ * connection's life, start, reconnects and status belong together; the reads,
+ * the memory and the heartbeat are modules of their own.)
  *
  * One postgres.js instance holds the LISTEN connection, a second one runs the
  * reads and sends heartbeats. A notification is only a hint: it starts a read

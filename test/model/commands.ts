@@ -1,5 +1,6 @@
 // The model of issue 10's invariants, and the commands that drive the real
-// system (./system.ts) and the model side by side.
+// system (./system.ts) and the model side by side. Long: the invariants and
+// every command that can break them read best in one place.
 //
 // I1 (no lost logout): a session that authenticated before a logout of any id
 //    it has held is never served as logged in once the instances have read
