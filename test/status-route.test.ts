@@ -1,4 +1,5 @@
 import postgres from 'postgres'
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { bumpSessionVersion, errors, readSessionVersion } from '../lib/index.js'
 import { APPLICATION_NAME } from '../lib/database/connection.js'
@@ -9,6 +10,17 @@ import { readServerInfo } from './setup/server.js'
 const ROUTE = '/health/session-refresh'
 
 interface Answer { statusCode: number, body: Record<string, unknown> }
+
+/** Polls the status route, as a load balancer does, until it answers other than 200. */
+async function firstNot200 (app: FastifyInstance): Promise<Answer> {
+  let answer: Answer | undefined
+  await eventually('an answer other than 200', async () => {
+    const response = await app.inject({ url: ROUTE })
+    answer = { statusCode: response.statusCode, body: response.json() }
+    return response.statusCode !== 200
+  }, 10_000)
+  return answer!
+}
 
 t.test('statusRoute must be a path or false', async (t) => {
   const db = await createDatabase(t)
@@ -71,14 +83,9 @@ t.test('503 once the LISTEN backend is terminated, 200 again once it is back', a
     where application_name = ${APPLICATION_NAME} and datname = ${database} and query ilike 'listen %'`
   t.equal(terminated.length, 1, 'the one LISTEN backend')
 
-  let down: Answer | undefined
-  await eventually('a 503', async () => {
-    const response = await app.inject({ url: ROUTE })
-    down = { statusCode: response.statusCode, body: response.json() }
-    return response.statusCode !== 200
-  }, 10_000)
-  t.equal(down!.statusCode, 503)
-  t.match(down!.body, { listening: false, version })
+  const down = await firstNot200(app)
+  t.equal(down.statusCode, 503)
+  t.match(down.body, { listening: false, version })
 
   await admin.unsafe(`alter database ${database} allow_connections true`)
   await eventually('a 200', async () => (await app.inject({ url: ROUTE })).statusCode === 200, 20_000)
@@ -97,14 +104,9 @@ t.test('a missing session_version row is reported within one pollInterval: 503 u
     await tx`delete from system_settings where key = 'session_version'`
     await tx`alter table system_settings enable trigger user`
   })
-  let down: Answer | undefined
-  await eventually('a 503', async () => {
-    const response = await app.inject({ url: ROUTE })
-    down = { statusCode: response.statusCode, body: response.json() }
-    return response.statusCode !== 200
-  }, 10_000)
-  t.equal(down!.statusCode, 503)
-  t.match(down!.body, { listening: false, version, lastSyncError: { code: 'FST_SESSION_REFRESH_NOT_MIGRATED', message: /session_version row/ } })
+  const down = await firstNot200(app)
+  t.equal(down.statusCode, 503)
+  t.match(down.body, { listening: false, version, lastSyncError: { code: 'FST_SESSION_REFRESH_NOT_MIGRATED', message: /session_version row/ } })
   t.match(app.sessionRefresh.status(), { listening: false, lastSyncError: { code: 'FST_SESSION_REFRESH_NOT_MIGRATED' } })
 
   await db.sql`insert into system_settings (key, value) values ('session_version', '1')`
