@@ -3,7 +3,7 @@
 import session from '@fastify/session'
 import t from 'tap'
 import { bumpSessionVersion } from '../lib/index.js'
-import { buildApp, login, type TestApp } from './helpers/app.js'
+import { buildApp, bumpAndWait, getMe, login, type TestApp } from './helpers/app.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { openEvents, type EventReader } from './helpers/sse.js'
 
@@ -59,6 +59,29 @@ t.test('a stream only ever gets its own user\'s events, across two instances', a
   t.same(ann.events.filter((e) => e.event !== ':').map((e) => e.event), ['version', 'version', 'refresh', 'version'])
   t.same(JSON.parse(named(ann, 'version')[2]!.data), { version: last })
   t.same(bob.events.filter((e) => e.event !== ':').map((e) => e.event), ['version', 'version', 'logout'], 'bob never got ann\'s refresh')
+})
+
+t.test('a page of a session that an ETL renumbered hears the logout of its old id, and only its own user\'s refreshes', async (t) => {
+  const test = await buildApp(t, {
+    url: db.url,
+    sessionOptions: { store: new session.MemoryStore() },
+    plugin: { events: EVENTS },
+    refresh: (s) => ({ id: s.get('id') === 184 ? 185 : s.get('id') })
+  })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}`
+  const cookie = await login(test.app, 184)
+  await bumpAndWait(db.sql, test)
+  t.equal((await getMe(test.app, cookie)).json().id, 185, 'renumbered from 184')
+  const stream = await open(t, url, cookie)
+  await eventually('the opening version', () => named(stream, 'version').length === 1)
+  await test.app.sessionRefresh.refreshUser(184) // the old id, now another user's
+  await test.app.sessionRefresh.refreshUser(185)
+  await eventually('the refresh of 185', () => named(stream, 'refresh').length === 1)
+  await test.app.sessionRefresh.logoutUser(184)
+  await eventually('the logout of the id it held', () => named(stream, 'logout').length === 1)
+  await stream.ended
+  t.same(stream.events.filter((e) => e.event !== ':').map((e) => e.event), ['version', 'refresh', 'logout'], 'one refresh: 185\'s, not 184\'s')
 })
 
 t.test('without a logged-in session: 401 and no stream', async (t) => {

@@ -4,6 +4,7 @@ import postgres from 'postgres'
 import t from 'tap'
 import { readSessionVersion } from '../lib/index.js'
 import { API, buildApp, login, type TestApp } from './helpers/app.js'
+import { lockTable } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { connectionOptions } from './helpers/listener.js'
 
@@ -11,11 +12,6 @@ const db = await createDatabase(t)
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER
 
-/**
- * A real per-user change, made after whatever the test sent before: once the
- * app has read it, it has handled every notification sent before it, since
- * notifications arrive in commit order and each starts a read that starts after it.
- */
 /**
  * An app whose reads of the tables are counted at the source: postgres.js calls
  * `debug` for every query the plugin's connections send. No poll in the way.
@@ -30,6 +26,11 @@ async function countingReads (t: Parameters<typeof buildApp>[0]): Promise<{ buil
   return { built, reads: () => reads }
 }
 
+/**
+ * A real per-user change, made after whatever the test sent before: once the
+ * app has read it, it has handled every notification sent before it, since
+ * notifications arrive in commit order and each starts a read that starts after it.
+ */
 async function marker ({ app }: TestApp, name: string): Promise<void> {
   const tracked = app.sessionRefresh.status().userVersions
   await db.sql`select session_refresh_user(${name})`
@@ -80,6 +81,20 @@ t.test('forged notifications never give a version no table holds, and refresh no
   t.equal(out.json().reason, 'user-logout')
   t.equal((await app.inject({ url: '/me', headers: { cookie: eight, ...API } })).statusCode, 200, 'user 8 stays in')
   t.same(refreshCalls, [])
+})
+
+t.test('a forged version hint changes nothing even while no read can run to correct it (issue 10.4)', async (t) => {
+  const { app, refreshCalls } = await buildApp(t, { url: db.url, plugin: { pollInterval: 600_000, queryTimeout: 60_000 } })
+  const cookie = await login(app, 10)
+  const version = app.sessionRefresh.version
+  const lock = await lockTable(t, db.sql) // the read the hint starts waits for it
+  const before = app.sessionRefresh.status().lastNotificationAt
+  await db.sql`select pg_notify('session_refresh', 'version:999999999')`
+  await eventually('the hint to arrive', () => app.sessionRefresh.status().lastNotificationAt !== before)
+  t.equal(app.sessionRefresh.version, version, 'the version is still the one read from the table')
+  t.equal((await app.inject({ url: '/me', headers: { cookie, ...API } })).statusCode, 200)
+  t.same(refreshCalls, [], 'the session is still fresh: nothing was refreshed')
+  await lock.release()
 })
 
 t.test('a flood of 1,000 forged hints costs a bounded number of reads (issue 10.4)', async (t) => {

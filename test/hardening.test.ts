@@ -39,6 +39,18 @@ t.test('10.1 renumbered id: a logout of the id the session held before the ETL s
   t.match((await me(app, cookie)).json(), { statusCode: 401, reason: 'user-logout' })
 })
 
+t.test('10.1 renumbered twice (1201 to 1261 to 1271): a logout of the first id still ends the session', async (t) => {
+  const next: Record<string, number> = { 1201: 1261, 1261: 1271 }
+  const { app } = await buildApp(t, { url: db.url, refresh: (s) => ({ id: next[String(s.get('id'))] ?? s.get('id') }) })
+  const cookie = await login(app, 1201)
+  await bump({ app } as TestApp)
+  t.equal((await me(app, cookie)).json().id, 1261)
+  await bump({ app } as TestApp)
+  t.equal((await me(app, cookie)).json().id, 1271, 'renumbered twice')
+  await app.sessionRefresh.logoutUser(1201)
+  t.match((await me(app, cookie)).json(), { statusCode: 401, reason: 'user-logout' }, 'the id it held two ETLs ago')
+})
+
 t.test('10.2 a logout that lands while a refresh waits for a slot is not lost', async (t) => {
   const held = gate()
   const test = await buildApp(t, {
@@ -74,13 +86,17 @@ t.test('10.2 a logout that lands while the refresh runs is not lost either', asy
   t.match((await pending).json(), { statusCode: 401, reason: 'user-logout' })
 })
 
-/** Replaces session_user_versions as a restore would: triggers off, older rows back. */
+/**
+ * Replaces session_user_versions as a restore of an older dump would: triggers
+ * off, older rows back, each with the transaction id it had then (long since
+ * committed, so no read of "what changed since" would find it).
+ */
 async function restoreUsers (rows: Array<{ userId: string, version: number, logoutSeq: number }>): Promise<void> {
   await db.sql.begin(async (tx) => {
     await tx`set local session_replication_role = replica`
     await tx`truncate session_user_versions`
     for (const row of rows) {
-      await tx`insert into session_user_versions (user_id, version, logout_seq) values (${row.userId}, ${row.version}, ${row.logoutSeq})`
+      await tx`insert into session_user_versions (user_id, version, logout_seq, changed_xid) values (${row.userId}, ${row.version}, ${row.logoutSeq}, '3')`
     }
   })
 }

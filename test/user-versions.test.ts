@@ -294,6 +294,9 @@ t.test('a per-user change committed by a long transaction while the listener is 
   t.teardown(() => etl.release())
   await etl`begin`
   await etl`select session_refresh_user('907')` // dated now, committed much later
+  // A later transaction that commits first: the long one is then among those a
+  // snapshot lists as still open (below its xmax), not above them.
+  await db.sql`select pg_current_xact_id()`
   // Polls run meanwhile, each well after this row's date: a clock-based catch-up would move past it.
   const polls = new Set<string | null>()
   const from = Date.now()
