@@ -32,6 +32,13 @@ export const LoginRequiredError = createError('FST_SESSION_REFRESH_LOGIN_REQUIRE
 
 export const RefreshTimeoutError = createError('FST_SESSION_REFRESH_TIMEOUT', 'refresh() did not settle within %d ms', 500)
 
+/** The same code: the request is answered as if its own refresh had timed out, without making one. */
+export const RefreshSlotsHeldError = createError(
+  'FST_SESSION_REFRESH_TIMEOUT',
+  'refresh() was not called: each of the %d refresh slots is held by a call that did not settle within %d ms',
+  500
+)
+
 export const QueryTimeoutError = createError(
   'FST_SESSION_REFRESH_QUERY_TIMEOUT',
   'fastify-session-refresh: %s did not settle within %d ms; its connection was dropped',

@@ -148,7 +148,9 @@ t.test('refreshes that never settle: requests answered by the timeout are not he
   t.match(answer.json(), { statusCode: 401, reason: 'refresh-error' })
   t.match(test.app.sessionRefresh.status(), { refreshesRunning: 2, refreshesQueued: 28 },
     'not queued: every slot is held by a call that outlived its timeout (the 28 stay until a slot frees, holding nothing)')
-  t.match(test.logs.find((l) => l.userId === '340' && l.level === 50), { err: { code: 'FST_SESSION_REFRESH_TIMEOUT' } })
+  t.match(test.logs.find((l) => l.userId === '340' && l.level === 50), {
+    err: { code: 'FST_SESSION_REFRESH_TIMEOUT', message: 'refresh() was not called: each of the 2 refresh slots is held by a call that did not settle within 200 ms' }
+  })
 })
 
 t.test('the status route answers a session that must log in again with the status, not a 401', async (t) => {

@@ -96,4 +96,3 @@ export class UserChanges {
     this.#sockets.destroyAll()
   }
 }
-

@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import pLimit, { type LimitFunction } from 'p-limit'
-import { RefreshTimeoutError } from '../errors.js'
+import { RefreshSlotsHeldError, RefreshTimeoutError } from '../errors.js'
 import type { SessionFields } from './sessions.js'
 
 /** The versions seen when a refresh starts reading: what the session is stamped with if it succeeds. */
@@ -77,7 +77,7 @@ export class Refresher {
       // in the queue. Answered at once, it holds nothing.
       if (this.#overdue >= this.#options.maxConcurrent) {
         this.failures++
-        return Promise.resolve({ ok: false, reason: 'refresh-error', error: new RefreshTimeoutError(this.#options.timeout) })
+        return Promise.resolve({ ok: false, reason: 'refresh-error', error: new RefreshSlotsHeldError(this.#options.maxConcurrent, this.#options.timeout) })
       }
       outcome = new Promise((resolve) => this.#start(flight, call, resolve))
       this.#inFlight.set(flight, outcome)
