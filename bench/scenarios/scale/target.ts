@@ -96,7 +96,8 @@ const EMBEDDED_SETTINGS = (maxConnections: number): string[] => [
 ]
 
 export async function startEmbedded (maxN: number, cleanups: Array<() => Promise<void>>): Promise<Target> {
-  const maxConnections = Math.max(2600, maxN * 3 + 100)
+  // Two connections per instance, one per bare listener, and the bench's own.
+  const maxConnections = Math.max(2600, maxN * 3 + 200)
   const dataDir = await mkdtemp(join(os.tmpdir(), 'fsr-scale-pg-'))
   let running = false
   const stop = once(async (): Promise<void> => {
