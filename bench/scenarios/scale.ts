@@ -7,7 +7,8 @@
 // measures the database's CPU (from /proc), the plugin's queries that reach the
 // database (pg_stat_statements, else pg_stat_database.xact_commit) and the
 // connections it holds; then propagation of 100 bumps from COMMIT to every
-// instance, and to N bare postgres.js listeners in the same rounds; then the TPS
+// instance, then more bumps beside N bare postgres.js listeners heard in the same
+// rounds; then the TPS
 // of a plain write workload and of a session_refresh_user workload; then per-user
 // changes at a steady rate (100/s for 10 s) in notify mode, the idle load in poll
 // mode, the same changes in poll mode; then N fresh instances with the `sql`
@@ -26,7 +27,7 @@
 //   --scale-bump-timeout=35000      how long one bump may take to reach every instance (ms)
 //   --scale-user-rate=100 --scale-user-seconds=10 --scale-user-deadline=10 (s)  the per-user workload
 //   --scale-variant-idle=20         the idle window (s) of the poll mode and of the sql option
-//   --scale-no-bare                 no bare listeners beside the instances
+//   --scale-bare-bumps=50           bumps beside N bare listeners; --scale-no-bare skips them
 //   --scale-no-sql                  skip the instances with the sql option
 //   --scale-no-embedded             only the server at DATABASE_URL
 //   --scale-results=<file>          write the section there instead of bench/RESULTS.md

@@ -35,8 +35,9 @@ export interface Config {
   pluginOptions: Record<string, unknown>
   embedded: boolean
   results: string
-  /** N bare postgres.js listeners beside the N instances during propagation. */
+  /** A second propagation phase, beside N bare postgres.js listeners, of `bareBumps` bumps. */
   bare: boolean
+  bareBumps: number
   /** The per-user workload: changes a second, for how long, and how long after its COMMIT a change may take to reach everyone. */
   userChanges: { rate: number, seconds: number, deadlineMs: number }
   /** After the rest, the N instances again with the `sql` option (an app pool of one connection each). */
@@ -84,6 +85,7 @@ export function parseConfig (argv: string[]): Config {
     embedded: !argv.includes('--scale-no-embedded'),
     results: resolve(flag('scale-results') ?? fileURLToPath(RESULTS_FILE)),
     bare: !argv.includes('--scale-no-bare'),
+    bareBumps: int('scale-bare-bumps', 50),
     userChanges: { rate: int('scale-user-rate', 100), seconds: int('scale-user-seconds', 10), deadlineMs: int('scale-user-deadline', 10) * 1000 },
     sqlVariant: !argv.includes('--scale-no-sql'),
     variantIdleSeconds: int('scale-variant-idle', 20)

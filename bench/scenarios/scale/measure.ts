@@ -73,6 +73,8 @@ export interface ScaleRow {
   workerMemory?: number
   queries?: QueryRates
   propagation?: Propagation
+  /** Propagation again, beside N bare postgres.js listeners heard in the same rounds. */
+  besideBare?: Propagation
   plain?: Workload
   user?: Workload
   idleStatus?: { listening: number, heartbeatMisses: number, reconnects: number }
@@ -151,21 +153,24 @@ async function measureIdle (config: Config, target: Target, database: string, wo
 
 /** Then bumps, and the two write workloads. */
 async function measureLoad (config: Config, plugin: PluginModule, target: Target, database: string, url: string, workers: Workers, n: number):
-Promise<Required<Pick<ScaleRow, 'propagation' | 'plain' | 'user'>>> {
-  let bare = 0
-  if (config.bare) {
-    const t0 = performance.now()
-    bare = await startBare(workers, url)
-    log(`N=${n}: ${bare} bare listeners started in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
-  }
+Promise<Required<Pick<ScaleRow, 'propagation' | 'plain' | 'user'>> & Pick<ScaleRow, 'besideBare'>> {
   log(`N=${n}: propagation, ${config.bumps} bumps`)
-  let propagation
-  try {
-    propagation = await measurePropagation(config, plugin, url, workers, bare)
-  } finally {
-    if (bare > 0) await stopBare(workers)
+  const propagation = await measurePropagation(config, plugin, url, workers)
+  let besideBare: Propagation | undefined
+  if (config.bare) {
+    // Then again beside N bare listeners, in the same rounds: each NOTIFY now wakes 2N backends,
+    // so these figures are apart from the ones above, which compare with runs that had no bare listeners.
+    const t0 = performance.now()
+    const bare = await startBare(workers, url)
+    log(`N=${n}: ${bare} bare listeners started in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${config.bareBumps} bumps beside them`)
+    try {
+      besideBare = await measurePropagation({ ...config, bumps: config.bareBumps }, plugin, url, workers, bare)
+    } finally {
+      await stopBare(workers)
+    }
+    const b = besideBare.bare!
+    log(`N=${n}: beside bare listeners: plugin p50 ${besideBare.p50.toFixed(2)} / p99 ${besideBare.p99.toFixed(2)} ms, bare p50 ${b.p50.toFixed(2)} / p99 ${b.p99.toFixed(2)} / max ${b.max.toFixed(2)} ms${b.timeouts ? `, ${b.timeouts} timed out` : ''}`)
   }
-  if (propagation.bare) log(`N=${n}: bare listeners p50 ${propagation.bare.p50.toFixed(2)} ms, p99 ${propagation.bare.p99.toFixed(2)} ms, max ${propagation.bare.max.toFixed(2)} ms${propagation.bare.timeouts ? `, ${propagation.bare.timeouts} timed out` : ''}`)
   log(`N=${n}: propagation p50 ${propagation.p50.toFixed(2)} ms, p99 ${propagation.p99.toFixed(2)} ms, max ${propagation.max.toFixed(2)} ms` +
     `${propagation.timeouts ? `, ${propagation.timeouts} timed out` : ''}${propagation.unverified ? `, ${propagation.unverified} reports not verified` : ''}` +
     `, ${propagation.early} held everywhere before the COMMIT returned; bump UPDATE+COMMIT p50 ${propagation.commitP50.toFixed(2)} ms`)
@@ -173,7 +178,7 @@ Promise<Required<Pick<ScaleRow, 'propagation' | 'plain' | 'user'>>> {
   log(`N=${n}: plain writes ${plain.tps.toFixed(0)} TPS (p50 ${plain.p50.toFixed(2)} ms), DB ${plain.cores.toFixed(2)} cores`)
   const user = await measureWorkload(config, target, database, url, 'user')
   log(`N=${n}: session_refresh_user ${user.tps.toFixed(0)} TPS (p50 ${user.p50.toFixed(2)} ms), DB ${user.cores.toFixed(2)} cores`)
-  return { propagation, plain, user }
+  return { propagation, plain, user, ...(besideBare ? { besideBare } : {}) }
 }
 
 /** Per-user changes in each mode, and the poll mode's idle load; the mode is left at notify. */
