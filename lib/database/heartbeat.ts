@@ -33,17 +33,20 @@ export class Heartbeat {
   #deadline: NodeJS.Timeout | undefined
   #onToken: ((payload: string) => void) | null = null
   #resend: NodeJS.Timeout | undefined
+  #silence: number
   misses = 0
   lastAt: Date | null = null
 
   constructor (instance: string, options: HeartbeatOptions) {
     this.#instance = instance
     this.#options = options
+    this.#silence = silenceBeforeHeartbeat(options.interval)
   }
 
   /** Anything came through the LISTEN connection (or it was just made): the link works. */
   heard (payload: string | null): void {
     this.#lastProof = performance.now()
+    this.#silence = silenceBeforeHeartbeat(this.#options.interval)
     if (this.#pending !== null) {
       clearTimeout(this.#deadline)
       this.#pending = null
@@ -54,9 +57,12 @@ export class Heartbeat {
     }
   }
 
-  /** Sends a heartbeat if nothing was heard for a whole interval and none is on its way. */
+  /**
+   * Sends a heartbeat if nothing was heard for this instance's silence (one to
+   * two intervals) and none is on its way. Called a few times an interval.
+   */
   tick (): void {
-    if (this.#pending !== null || performance.now() - this.#lastProof < this.#options.interval) return
+    if (this.#pending !== null || performance.now() - this.#lastProof < this.#silence) return
     const token = `heartbeat:${this.#instance}:${++this.#sent}`
     this.#pending = token
     this.#deadline = setTimeout(() => this.#missed(), this.#options.timeout).unref()
@@ -97,4 +103,18 @@ export class Heartbeat {
     )
     this.#options.onMiss()
   }
+}
+
+/**
+ * How long an instance waits in silence before it sends a heartbeat: one to two
+ * intervals, drawn anew each time something is heard. The first of N instances
+ * to send proves the link for the others, once its heartbeat arrives; those
+ * whose silence ends before that send too. Drawn as 1 + U^(1/3) intervals,
+ * few instances have a silence near the shortest, so even with a slow database
+ * (a heartbeat taking a second to arrive among 1,000 instances) about three
+ * send, where a uniform draw would have a dozen or more send every round,
+ * each waking every listener of the database.
+ */
+function silenceBeforeHeartbeat (interval: number): number {
+  return interval * (1 + Math.random() ** (1 / 3))
 }

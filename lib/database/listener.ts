@@ -185,7 +185,8 @@ export class VersionListener implements VersionView {
       this.#versions.prune()
       void this.#sync.request()
     })
-    this.#every(this.#options.heartbeatInterval, () => this.#tick())
+    // A few ticks an interval: a heartbeat goes out soon after its silence ends.
+    this.#every(this.#options.heartbeatInterval / 4, () => this.#tick())
     this.#every(this.#options.userPollInterval, () => {
       if (!this.#versions.notifyUsers) void this.#sync.request()
     })

@@ -1,4 +1,4 @@
-import type { Sql } from 'postgres'
+import type { PendingQuery, Row, Sql } from 'postgres'
 import { MissingTableError, QueryTimeoutError } from '../errors.js'
 import { withTimeout } from '../timeout.js'
 import { quoteIdentifier, withTableCheck } from './migrate.js'
@@ -132,6 +132,34 @@ export class Sync {
     return { ...first, users }
   }
 
+  // A read of changes takes the two parts that the last snapshot could not see,
+  // each one walk of the (changed_xid, user_id) index from a single bound (two
+  // bounds on its first column, the index would walk from the lower one): the
+  // transactions open then, and those that began after it. A page goes on
+  // from the last row of the one before.
+
+  /** Rows of the transactions open at the last read's snapshot (they may have committed since). */
+  #openPart (since: Snapshot, after: UserRow | null): PendingQuery<Row[]> {
+    const { sql } = this.#options
+    const open = sql`changed_xid = any (${`{${since.open.join(',')}}`}::xid8[])`
+    if (after === null) return open
+    if (BigInt(after.changedXid) >= BigInt(since.xmax)) return sql`false`
+    return sql`${open} and (changed_xid, user_id) > ((select ${after.changedXid}::xid8), (select ${after.userId}::text))`
+  }
+
+  /**
+   * Rows of the transactions that began after the last read's snapshot. With
+   * an upper bound too: the planner then estimates a range (a few rows) and
+   * walks the index; with a lower bound alone it would take a third of the
+   * table to match, and read all of it.
+   */
+  #laterPart (since: Snapshot, after: UserRow | null): PendingQuery<Row[]> {
+    const { sql } = this.#options
+    const below = sql`changed_xid < (select ${XID8_MAX}::xid8)`
+    if (after === null || BigInt(after.changedXid) < BigInt(since.xmax)) return sql`changed_xid >= (select ${since.xmax}::xid8) and ${below}`
+    return sql`(changed_xid, user_id) > ((select ${after.changedXid}::xid8), (select ${after.userId}::text)) and ${below}`
+  }
+
   /** One statement, so one snapshot: the version, the logout clock and a page of rows agree. */
   async #read (since: Snapshot | null, after: UserRow | null): Promise<Read> {
     const { sql, lifetime, timeout, schema } = this.#options
@@ -141,19 +169,13 @@ export class Sync {
     // whatever the table holds. The bounds are sub-selects: the planner then
     // does not look the values up in its statistics, which on an index with
     // many dead entries (every change rewrites a row) costs more than the read.
-    // A read of changes takes the two parts that the last snapshot could not
-    // see, each one walk of the (changed_xid, user_id) index: the transactions
-    // open then, and those that began after it.
-    const next = sql`(changed_xid, user_id) > ((select ${after?.changedXid ?? '0'}::xid8), (select ${after?.userId ?? ''}::text))`
     const rows = since === null
       ? sql`select * from ${table}
             where updated_at > now() - ${lifetime} * interval '1 millisecond' and user_id > (select ${after?.userId ?? ''}::text)
             order by user_id limit ${PAGE_ROWS}`
-      : sql`(select * from ${table} where changed_xid = any (${`{${since.open.join(',')}}`}::xid8[]) and ${next}
-             order by changed_xid, user_id limit ${PAGE_ROWS})
+      : sql`(select * from ${table} where ${this.#openPart(since, after)} order by changed_xid, user_id limit ${PAGE_ROWS})
             union all
-            (select * from ${table} where changed_xid >= (select ${since.xmax}::xid8) and ${next}
-             order by changed_xid, user_id limit ${PAGE_ROWS})
+            (select * from ${table} where ${this.#laterPart(since, after)} order by changed_xid, user_id limit ${PAGE_ROWS})
             order by changed_xid, user_id limit ${PAGE_ROWS}`
     const order = since === null ? sql`u.user_id` : sql`u.changed_xid, u.user_id`
     const query = sql<StateRow[]>`
@@ -206,6 +228,9 @@ function parseSnapshot (text: string): Snapshot {
   const [xmin, xmax, open] = text.split(':') as [string, string, string]
   return { xmin: BigInt(xmin), xmax, open: open === '' ? [] : open.split(',') }
 }
+
+// The largest xid8, above every transaction id.
+const XID8_MAX = '18446744073709551615'
 
 // Rows per statement: a read of a big table (the first one, a full one) takes several.
 const PAGE_ROWS = 5000
