@@ -219,8 +219,10 @@ BEGIN
   IF p_logout THEN
     -- Every logout takes this row's lock for the logout clock (the trigger does):
     -- once it is held, every logout committed before this one is seen by the
-    -- next statement. Taken before the user's row, as the trigger would take it
-    -- after, two logouts of one user cannot deadlock.
+    -- next statement. Taken before the user's row (the trigger would take it
+    -- after), so two logouts of one user cannot deadlock. (A transaction that
+    -- refreshes this user and then logs another out takes them the other way;
+    -- PostgreSQL aborts one of the two, and logoutUser tries once more.)
     PERFORM 1 FROM session_refresh_state FOR UPDATE;
   END IF;
   IF v_keep IS NOT NULL THEN

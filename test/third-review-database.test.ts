@@ -1,4 +1,4 @@
-// Findings of the third adversarial review (database side), each a test named
+// Findings of the third and fourth adversarial reviews (database side), each a test named
 // after its scenario, written against the code that had the defect: a
 // transaction that any role holds open, a switch of how per-user changes
 // travel, reads that cannot run, the logout clock's row re-created, a table
@@ -11,6 +11,7 @@ import { buildApp, getMe, login } from './helpers/app.js'
 import { idleListenBackends, lockTable } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { listenerOptions } from './helpers/listener.js'
+import { startStandby } from './helpers/standby.js'
 import { FaultyProxy } from './helpers/proxy.js'
 import { readServerInfo } from './setup/server.js'
 
@@ -123,4 +124,68 @@ t.test('a schema name too long for its NOTIFY channel is refused by migrate, bum
   const [made] = await db.sql`select 1 from pg_namespace where nspname = ${schema}`
   t.equal(made, undefined, 'no schema was made')
   t.ok(await readSessionVersion(db.sql) > 0, 'public is untouched')
+})
+
+t.test('a failover to a standby that lagged (transaction ids go back): the running instance reads the whole table again, and a logout made on the new primary holds', async (t) => {
+  const own = await createDatabase(t)
+  const proxy = await FaultyProxy.start(own.url)
+  t.teardown(() => proxy.close())
+  // Some role holds a transaction open on the primary: its id stays in every snapshot's list.
+  const holder = postgres(own.url, { max: 1, onnotice: () => {} })
+  const held = await holder.reserve()
+  t.teardown(async () => { await held`rollback`.catch(() => {}); held.release(); await holder.end({ timeout: 1 }) })
+  await held`begin`
+  await held`select pg_current_xact_id()`
+  const { app } = await buildApp(t, { url: proxy.url(own.url) })
+  const cookie = await login(app, 360)
+  const standby = await startStandby(t, { databaseUrl: own.url })
+  // The primary goes on with transactions the standby never receives.
+  for (let i = 0; i < 60; i++) await own.sql`select pg_current_xact_id()`
+  await own.sql`select session_refresh_user('360-elsewhere')`
+  t.equal(await app.sessionRefresh.catchUp(), true)
+  await standby.promote()
+  const promoted = postgres(standby.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => promoted.end({ timeout: 1 }))
+  await promoted`select session_logout_user('360')` // on the new primary, before this instance reaches it
+  const reconnects = app.sessionRefresh.status().reconnects
+  proxy.moveTo(standby.port)
+  await eventually('the instance to reconnect to the new primary and read', async () =>
+    app.sessionRefresh.status().reconnects > reconnects && app.sessionRefresh.status().listening && await app.sessionRefresh.catchUp(), 20_000)
+  t.match((await getMe(app, cookie)).json(), { statusCode: 401, reason: 'user-logout' })
+})
+
+t.test('rows put back with old transaction ids and no TRUNCATE (triggers off) are read after the next reconnect', async (t) => {
+  const own = await createDatabase(t)
+  const { app } = await buildApp(t, { url: own.url })
+  const cookie = await login(app, 361)
+  await own.sql.begin(async (tx) => {
+    await tx`set local session_replication_role = replica`
+    await tx`insert into session_user_versions (user_id, version, logout, logout_seq, logout_version, logout_at, changed_xid)
+             values ('361', ${Date.now() * 1000}, true, ${Date.now() * 1000 + 1_000_000}, ${Date.now() * 1000}, now(), '3')`
+  })
+  t.equal(await app.sessionRefresh.catchUp(), true)
+  t.equal((await getMe(app, cookie)).statusCode, 200, 'not seen: nothing tells the reads to look there')
+  const reconnects = app.sessionRefresh.status().reconnects
+  await own.sql`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'fastify-session-refresh' and datname = current_database() and query ilike 'listen%'`
+  await eventually('the reconnect and its read', async () => app.sessionRefresh.status().reconnects > reconnects && await app.sessionRefresh.catchUp(), 20_000)
+  t.match((await getMe(app, cookie)).json(), { statusCode: 401, reason: 'user-logout' }, 'a reconnect reads the whole table')
+})
+
+t.test('logoutUser goes through when an ETL that refreshed the user, then logs another out, deadlocks with it', async (t) => {
+  const own = await createDatabase(t)
+  const { app } = await buildApp(t, { url: own.url })
+  const etl = await own.sql.reserve()
+  t.teardown(() => etl.release())
+  await etl`begin`
+  await etl`select session_refresh_user('362')` // holds user 362's row
+  const logout = app.sessionRefresh.logoutUser(362) // takes the logout clock, waits for 362's row
+  await eventually('logoutUser to wait for the row', async () =>
+    (await own.sql`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%session_change_user%'`).length === 1)
+  // The ETL now wants the logout clock, which logoutUser holds: a deadlock; PostgreSQL aborts one.
+  const etlLogout = etl`select session_logout_user('363')`.then(() => 'committed', (err: { code?: string }) => err.code)
+  const etlResult = await etlLogout
+  await (etlResult === 'committed' ? etl`commit` : etl`rollback`)
+  t.ok(await logout > 0, `logoutUser went through (the ETL's statement: ${etlResult})`)
+  const [row] = await own.sql<[{ logout: boolean }]>`select logout from session_user_versions where user_id = '362'`
+  t.equal(row!.logout, true)
 })

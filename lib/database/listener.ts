@@ -256,6 +256,7 @@ export class VersionListener implements VersionView {
     if (this.#listens++ === 0 || this.#closed) return
     this.#reconnects++
     this.#options.log.info({ reconnects: this.#reconnects }, 'session_version listener reconnected, catching up')
+    this.#sync.forgetSnapshot()
     void this.#sync.request()
   }
 

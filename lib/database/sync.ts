@@ -66,6 +66,14 @@ export class Sync {
   }
 
   /**
+   * Makes the next read a full one: after a reconnect, the server may be
+   * another one (a failover), whose transaction ids say nothing of the last read.
+   */
+  forgetSnapshot (): void {
+    this.#since = null
+  }
+
+  /**
    * A read that starts after this call; resolves true if it succeeded. Never
    * rejects. Reads start at least `spacing` ms apart, so hints that come one
    * after another cost at most one read per `spacing`, as a flood of them does.
@@ -105,9 +113,10 @@ export class Sync {
   async #readAndApply (): Promise<void> {
     const since = this.#since
     let result = await this.#readPages(since)
-    if (since !== null && (result.generation !== this.#generation || result.snapshot.xmin < since.xmin)) {
+    if (since !== null && (result.generation !== this.#generation || result.snapshot.xmin < since.xmin || result.snapshot.xmax < since.xmax)) {
       // Rows were deleted, the table was replaced, or the database went back in
-      // time (a point-in-time restore): only a full read shows what is there now.
+      // time (a point-in-time restore, a failover to a standby that lagged):
+      // only a full read shows what is there now.
       result = await this.#readPages(null)
     }
     const change = this.#options.versions.apply(result)
@@ -143,7 +152,7 @@ export class Sync {
     const { sql } = this.#options
     const open = sql`changed_xid = any (${`{${since.open.join(',')}}`}::xid8[])`
     if (after === null) return open
-    if (BigInt(after.changedXid) >= BigInt(since.xmax)) return sql`false`
+    if (BigInt(after.changedXid) >= since.xmax) return sql`false`
     return sql`${open} and (changed_xid, user_id) > ((select ${after.changedXid}::xid8), (select ${after.userId}::text))`
   }
 
@@ -156,7 +165,7 @@ export class Sync {
   #laterPart (since: Snapshot, after: UserRow | null): PendingQuery<Row[]> {
     const { sql } = this.#options
     const below = sql`changed_xid < (select ${XID8_MAX}::xid8)`
-    if (after === null || BigInt(after.changedXid) < BigInt(since.xmax)) return sql`changed_xid >= (select ${since.xmax}::xid8) and ${below}`
+    if (after === null || BigInt(after.changedXid) < since.xmax) return sql`changed_xid >= (select ${String(since.xmax)}::xid8) and ${below}`
     return sql`(changed_xid, user_id) > ((select ${after.changedXid}::xid8), (select ${after.userId}::text)) and ${below}`
   }
 
@@ -216,7 +225,7 @@ export class Sync {
 /** What a read's snapshot saw: every transaction below `xmax` that is not in `open`. */
 interface Snapshot {
   xmin: bigint
-  xmax: string
+  xmax: bigint
   /** The transactions in progress then: what they wrote may have committed since. */
   open: string[]
 }
@@ -226,7 +235,7 @@ type Read = ReadResult & { snapshot: Snapshot, generation: string }
 /** PostgreSQL's text form of a snapshot: `xmin:xmax:xip1,xip2,…`. */
 function parseSnapshot (text: string): Snapshot {
   const [xmin, xmax, open] = text.split(':') as [string, string, string]
-  return { xmin: BigInt(xmin), xmax, open: open === '' ? [] : open.split(',') }
+  return { xmin: BigInt(xmin), xmax: BigInt(xmax), open: open === '' ? [] : open.split(',') }
 }
 
 // The largest xid8, above every transaction id.

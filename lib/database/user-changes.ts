@@ -15,6 +15,9 @@ export interface UserChangesOptions {
   sql?: Sql | undefined
 }
 
+// PostgreSQL's deadlock_detected: it aborted this transaction to let the other go on.
+const DEADLOCK = '40P01'
+
 /** What one change of a user left in the table. */
 export interface UserChange {
   version: number
@@ -50,15 +53,18 @@ export class UserChanges {
   }
 
   /**
-   * Records a refresh, or a logout keeping the session whose key hashes to
-   * `keep`. A connection that was found closed (dropped after a dead link, say)
-   * is tried once more on a new one: a change made twice is harmless.
+   * Records a refresh, or a logout keeping the session `keep` names. Tried once
+   * more on a connection that was found closed (dropped after a dead link, say),
+   * and after a deadlock (an ETL that refreshes this user and then logs another
+   * out in one transaction takes their locks in the other order): a change made
+   * twice is harmless.
    */
   async change (userId: string, logout: boolean, keep: KeptSession | null): Promise<UserChange> {
     try {
       return await this.#change(userId, logout, keep)
     } catch (err) {
-      if (!/^CONNECTION_/.test(String((err as { code?: unknown }).code))) throw err
+      const code = String((err as { code?: unknown }).code)
+      if (!/^CONNECTION_/.test(code) && code !== DEADLOCK) throw err
       return this.#change(userId, logout, keep)
     }
   }

@@ -155,9 +155,10 @@ class SlowPath {
     visit.request.log.debug({ userId: visit.key }, 'Stamping a logged-in session that has no stamp')
     for (const field of LEGACY_FIELDS) if (visit.session.get(field) !== undefined) visit.session.set(field, undefined)
     const { loginKey, at } = adapter.firstLogin(visit.session, visit.key)
-    return this.#write(visit.session, {
-      v: UNREAD, u: 0, a: at === null ? view.logoutClock : view.clockAt(at), k: loginKey, i: storedIdentity(visit.identity), h: []
-    })
+    // Never above the clock read so far: a logout still in its transaction when
+    // the session was written commits with a clock below that date, and must end it.
+    const a = at === null ? view.logoutClock : Math.min(view.logoutClock, view.clockAt(at))
+    return this.#write(visit.session, { v: UNREAD, u: 0, a, k: loginKey, i: storedIdentity(visit.identity), h: [] })
   }
 
   async #apply (visit: Visit, stamp: SessionStamp, reason: string, outcome: RefreshOutcome): Promise<boolean> {

@@ -37,6 +37,9 @@ export interface SessionAdapter {
   firstLogin (session: SessionFields, key: string): { loginKey: string, at: number | null }
 }
 
+/** How much earlier than secure-session's date of a write its login is taken to be. */
+export const CLOCK_MARGIN_MS = 5000
+
 /** A login key derived from what identifies the session, never the secret itself. */
 function derivedKey (...parts: string[]): string {
   return createHash('sha256').update(parts.join('\u0000')).digest('base64url').slice(0, 22)
@@ -119,12 +122,13 @@ const secureSession: SessionAdapter = {
   // The client keeps every cookie it was sent, the unstamped one from the login
   // too, and may send it again after a logout: it must count as the login it
   // was, not as a new one. secure-session dates each write of the session (__ts,
-  // in seconds, rounded: the login wrote it at most half a second before). It
-  // sets __ts on every session it makes or decodes; the replay scenario of
-  // test/session-stacks.test.ts fails if it ever stops.
+  // in seconds, rounded), by the clock of the instance that wrote it: the login
+  // is taken as CLOCK_MARGIN_MS earlier, for the rounding and for app servers
+  // whose clocks disagree. It sets __ts on every session it makes or decodes;
+  // the replay scenario of test/session-stacks.test.ts fails if it ever stops.
   firstLogin (session, key) {
     const written = session.get('__ts') as number
-    return { loginKey: derivedKey('secure', String(written), key), at: written * 1000 - 500 }
+    return { loginKey: derivedKey('secure', String(written), key), at: written * 1000 - CLOCK_MARGIN_MS }
   }
 }
 

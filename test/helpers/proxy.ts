@@ -108,7 +108,10 @@ export class FaultyProxy {
   latency = 0
   port = 0
 
+  #target: { host: string, port: number }
+
   constructor (target: { host: string, port: number }) {
+    this.#target = target
     this.#server = net.createServer((client) => {
       client.on('error', () => {})
       if (this.swallow) {
@@ -119,7 +122,7 @@ export class FaultyProxy {
         this.#links.push(link)
         return
       }
-      const upstream = net.connect(target.port, target.host)
+      const upstream = net.connect(this.#target.port, this.#target.host)
       upstream.on('error', () => {})
       const link = new Link(client, upstream)
       this.#links.push(link)
@@ -183,6 +186,15 @@ export class FaultyProxy {
    */
   holdWhenClientSends (text: string, hold: 'request' | 'response', from?: string): Promise<Link> {
     return new Promise((resolve) => this.#watches.push({ text, hold, from, found: resolve }))
+  }
+
+  /** A failover: every open link drops, and new ones reach the server on `port`. */
+  moveTo (port: number): void {
+    this.#target = { ...this.#target, port }
+    for (const { client, upstream } of this.#links) {
+      client.destroy()
+      upstream.destroy()
+    }
   }
 
   /** Stops forwarding on every open link, or on the one given. */

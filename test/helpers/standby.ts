@@ -34,6 +34,8 @@ export interface Standby {
   url: string
   port: number
   dataDir: string
+  /** Promotes it to a primary of its own (a failover): it takes writes from then on. */
+  promote (): Promise<void>
 }
 
 interface Primary {
@@ -79,7 +81,7 @@ export async function startStandby (t: Teardown, options: StandbyOptions = {}): 
   url.hostname = '127.0.0.1'
   url.port = String(port)
   url.pathname = `/${encodeURIComponent(database)}`
-  return { url: url.toString(), port, dataDir }
+  return { url: url.toString(), port, dataDir, promote: () => pgCtl(primary, dataDir, ['promote', '-w']) }
 }
 
 function databaseName (serverUrl: string, url: string | undefined): string {
