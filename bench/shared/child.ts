@@ -23,7 +23,10 @@ export interface ForkOptions {
   cpuProfDir?: string
 }
 
-/** Forks `file` with tsx and --expose-gc and waits for its `ready` event. */
+/**
+ * Forks `file` with tsx and --expose-gc and waits for its `ready` event.
+ * (Long: the child's events, exit and error handling belong to the one promise.)
+ */
 export async function forkChild (file: URL, args: string[], options: ForkOptions = {}): Promise<{ child: Child, ready: ChildEvent }> {
   const execArgv = ['--import', 'tsx', '--expose-gc']
   if (options.cpuProfDir) execArgv.push('--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`)

@@ -1,4 +1,6 @@
 // One listener process of the scale bench (bench/scenarios/scale.ts), driven over IPC.
+// (Long: every command the bench sends a worker is here, so that one file says what
+// a worker does; each is a short function.)
 //
 // `start` registers `count` plugin instances, each a Fastify app with
 // @fastify/cookie, @fastify/session and the plugin loaded from `plugin` (a path,

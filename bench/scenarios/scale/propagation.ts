@@ -59,6 +59,7 @@ class Arrivals {
   }
 }
 
+// Long: the bump loop, with its arming, timing and checks, reads best in one piece.
 export async function measurePropagation (config: Config, plugin: PluginModule, url: string, workers: Workers, bareListeners = 0): Promise<Propagation> {
   const sql = postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: BENCH_APPLICATION_NAME } })
   const arrivals = new Arrivals(workers, 'plugin')

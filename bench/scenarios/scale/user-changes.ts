@@ -101,6 +101,8 @@ async function settleUsers (workers: Workers, rows: number, ms: number): Promise
   }
 }
 
+// Long: one measured run in the order it happens (arm the workers, send the changes at their
+// rate, wait for every instance, sample the database), which reads best in one piece.
 export async function measureUserChanges (config: Config, target: Target, database: string, url: string, workers: Workers, n: number, mode: UserMode): Promise<UserChangesRun> {
   const { rate, seconds, deadlineMs } = config.userChanges
   const planned = Math.round(rate * seconds)
