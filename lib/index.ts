@@ -162,12 +162,10 @@ function decorator ({ options, adapter, listener, changes, refresher, logouts }:
     async logoutUser (userId, { keep } = {}) {
       const key = identityKey(userId)
       const kept = keep === undefined ? null : keptSession(keep, key, adapter, options, listener)
-      // Every copy of a session that the client holds carries its login key: a
-      // new one, so that copies from before this logout (a thief's) are not kept.
-      const loginKey = kept === null ? null : adapter.clientHeld ? newLoginKey() : kept.stamp.k
-      const change = await changes.change(key, true, kept === null ? null : { hash: keepHash(loginKey!), since: kept.stamp.a, held: kept.stamp.h })
+      // Kept by its login key: the same in every copy of the session, and in its open pages' streams.
+      const change = await changes.change(key, true, kept === null ? null : { hash: keepHash(kept.stamp.k), since: kept.stamp.a, held: kept.stamp.h })
       // The kept session authenticated at this logout: it stays in, here and on every instance.
-      if (kept !== null && change.kept) kept.write({ ...kept.stamp, a: Math.max(kept.stamp.a, change.logoutSeq), u: change.version, k: loginKey! })
+      if (kept !== null && change.kept) kept.write({ ...kept.stamp, a: Math.max(kept.stamp.a, change.logoutSeq), u: change.version })
       await applied('logoutUser')
       return change.version
     }

@@ -14,8 +14,6 @@ export interface SessionFields {
 /** What the plugin needs from a session plugin; one adapter for each that it supports. */
 export interface SessionAdapter {
   readonly plugin: '@fastify/session' | '@fastify/secure-session'
-  /** The client holds the session itself (no store): it keeps every copy it was sent, and may send an old one again. */
-  readonly clientHeld: boolean
   /** The request's session, or null when there is none (outside `cookie.path`, after destroy()). */
   sessionOf (request: FastifyRequest): SessionFields | null
   /** Ends the session for good: the request goes on with an empty one, and nothing of the old one is readable. */
@@ -64,7 +62,6 @@ interface SessionStore {
 /** @fastify/session: a session id in the cookie, the data in a store. */
 const fastifySession: SessionAdapter = {
   plugin: '@fastify/session',
-  clientHeld: false,
   sessionOf,
   async logOut (request) {
     // A new id, an empty session, and the old id destroyed in the store (11.1.3 and up).
@@ -110,7 +107,6 @@ interface CookieSession extends SessionFields {
 /** @fastify/secure-session: the whole session in an encrypted cookie, no store. */
 const secureSession: SessionAdapter = {
   plugin: '@fastify/secure-session',
-  clientHeld: true,
   sessionOf,
   async logOut (request) {
     // Clears every field in place; the cookie is rewritten empty when the reply is sent.

@@ -2,6 +2,7 @@
 // Two app processes share one database; Debian's Chromium (never a downloaded
 // browser) logs in, the ETL runs as a separate process, and the next click
 // shows the new player id, or the login page for the player the ETL removed.
+// Then the browser client's own behaviours, on an app of their own (./client.ts).
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
@@ -13,6 +14,7 @@ import postgres from 'postgres'
 import { databaseUrl } from '../helpers/database.js'
 import { startServer, stopServer, type ServerInfo } from '../setup/server.js'
 import { freePort } from '../helpers/free-port.js'
+import { clientSteps } from './client.js'
 
 const run = promisify(execFile)
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
@@ -41,6 +43,7 @@ try {
   const server = await testServer()
   // The same flow with sessions in PostgreSQL, then in an encrypted cookie.
   for (const kind of ['store', 'secure'] as const) await flow(server, kind)
+  await clientFlow(server)
 } catch (err) {
   failed++
   console.log(`not ok - setup\n  ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
@@ -131,6 +134,32 @@ async function waitForVersion (origin: string, version: number): Promise<void> {
   }
 }
 
+/** The browser client's own behaviours (test/e2e/client.ts), on a database of their own. */
+async function clientFlow (server: ServerInfo): Promise<void> {
+  const browser = await launchChromium()
+  for (const step of await clientSteps(await freshDatabase(server), browser, cleanups)) await runStep('client', step)
+}
+
+async function launchChromium (): Promise<Browser> {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run']
+  })
+  cleanups.push(() => browser.close())
+  return browser
+}
+
+async function runStep (what: string, step: Step): Promise<void> {
+  try {
+    await step.run()
+    passed++
+    console.log(`ok - ${what}: ${step.name}`)
+  } catch (err) {
+    failed++
+    console.log(`not ok - ${what}: ${step.name}\n  ${err instanceof Error ? err.message : String(err)}`.replaceAll('\n', '\n  '))
+  }
+}
+
 /**
  * Two app processes on one fresh database, sessions of `kind`, driven in Chromium
  * step by step. Long: the steps share the browser pages and what earlier steps saw.
@@ -143,11 +172,7 @@ async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void
   const apps = await Promise.all(ports.map((port) => startApp(url, port, kind)))
   const [first, second] = apps.map((app) => app.origin) as [string, string]
 
-  const browser: Browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run']
-  })
-  cleanups.push(() => browser.close())
+  const browser = await launchChromium()
   // One browser profile per user, so each has its own session cookie.
   const demoContext = await browser.newContext({ viewport: { width: 1000, height: 760 } })
   const demo = await demoContext.newPage()
@@ -264,14 +289,5 @@ async function flow (server: ServerInfo, kind: 'store' | 'secure'): Promise<void
     }
   ]
 
-  for (const step of steps) {
-    try {
-      await step.run()
-      passed++
-      console.log(`ok - ${kind} sessions: ${step.name}`)
-    } catch (err) {
-      failed++
-      console.log(`not ok - ${kind} sessions: ${step.name}\n  ${err instanceof Error ? err.message : String(err)}`.replaceAll('\n', '\n  '))
-    }
-  }
+  for (const step of steps) await runStep(`${kind} sessions`, step)
 }

@@ -1,0 +1,143 @@
+// The browser client of the event stream (client/session-refresh.js) in Chromium,
+// against an app of this test's own: it reloads by itself after new data
+// (autoReload), stops while the page is hidden and comes back when it is shown,
+// and retries a refused stream with growing delays.
+import cookie from '@fastify/cookie'
+import session from '@fastify/session'
+import Fastify from 'fastify'
+import type { Browser, Page } from 'playwright-core'
+import postgres from 'postgres'
+import sessionRefresh, { bumpSessionVersion, migrate } from '../../lib/index.js'
+
+const WAIT_MS = 30_000
+
+export interface ClientStep { name: string, run: () => Promise<void> }
+
+/** Every request for the stream: when it came, whether it was refused, whether its connection is gone. */
+interface Attempt { at: number, refused: boolean, closed: boolean }
+
+class Streams {
+  readonly attempts: Attempt[] = []
+  /** Streams open now: requests not refused whose connection is still there. */
+  get open (): number {
+    return this.attempts.filter((a) => !a.refused && !a.closed).length
+  }
+}
+
+/** The app: a login, a page that starts the client with `options`, and the stream; counts page loads and streams. */
+async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>) {
+  const app = Fastify()
+  cleanups.push(() => app.close())
+  await app.register(cookie)
+  await app.register(session, { secret: 'a test secret that is at least 32 characters long', cookie: { secure: false } })
+  await app.register(sessionRefresh, { connection: url, refresh: () => ({}), events: '/events', maxEventStreams: 1 })
+  const loads: number[] = []
+  const streams = new Streams()
+  const attemptOf = new WeakMap<object, Attempt>()
+  app.addHook('onRequest', async (request) => {
+    if (request.url !== '/events') return
+    const attempt: Attempt = { at: Date.now(), refused: false, closed: false }
+    streams.attempts.push(attempt)
+    attemptOf.set(request, attempt)
+    // A stream ends with its connection (EventSource.close() drops it).
+    request.raw.socket.once('close', () => { attempt.closed = true })
+  })
+  app.addHook('onSend', async (request, reply) => {
+    const attempt = attemptOf.get(request)
+    if (attempt !== undefined && reply.statusCode !== 200) attempt.refused = true
+  })
+  app.get('/login', async (request) => {
+    request.session.set('id', 1)
+    app.sessionRefresh.stamp(request)
+    return 'ok'
+  })
+  app.get<{ Querystring: { options?: string } }>('/page', async (request, reply) => {
+    loads.push(Date.now())
+    const options = request.query.options ?? '{}'
+    // The version the page was built with: any other one the stream tells is news.
+    return reply.type('text/html').send(`<!doctype html><title>page</title>
+      <meta name="session-version" content="${app.sessionRefresh.version}">
+      <script type="module">
+        import { start } from '/events/client.js'
+        window.stopStream = start(${options})
+      </script>`)
+  })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return { app, origin: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, loads, streams }
+}
+
+async function until (what: string, check: () => boolean | Promise<boolean>): Promise<void> {
+  const end = Date.now() + WAIT_MS
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** The steps, on a fresh database at `url`, in `browser`. */
+export async function clientSteps (url: string, browser: Browser, cleanups: Array<() => Promise<unknown>>): Promise<ClientStep[]> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} })
+  cleanups.push(() => sql.end({ timeout: 5 }))
+  await migrate(sql)
+  const { origin, loads, streams } = await clientApp(url, cleanups)
+  const open = async (options: object): Promise<Page> => {
+    const page = await (await browser.newContext()).newPage()
+    await page.goto(`${origin}/login`)
+    await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify(options))}`)
+    return page
+  }
+  return [
+    {
+      name: 'autoReload: new data reloads the page by itself, after a random delay within reloadSpread',
+      run: async () => {
+        const page = await open({ autoReload: true, reloadSpread: 500 })
+        await until('the stream to open', () => streams.open === 1)
+        const before = loads.length
+        const bumpedAt = Date.now()
+        await bumpSessionVersion(sql)
+        await until('the page to reload', () => loads.length > before)
+        const delay = loads[loads.length - 1]! - bumpedAt
+        if (delay > 500 + 5000) throw new Error(`reloaded ${delay} ms after the bump, long after reloadSpread`)
+        await page.context().close()
+        await until('the stream to close', () => streams.open === 0)
+      }
+    },
+    {
+      name: 'a page hidden for hiddenTimeout closes its stream, and opens it again when shown',
+      run: async () => {
+        const page = await open({ hiddenTimeout: 200, banner: false })
+        await until('the stream to open', () => streams.open === 1)
+        const attempts = streams.attempts.length
+        // Headless Chromium has no window to hide: the page says it is hidden, as a browser would on a tab switch.
+        const setVisibility = (state: string): Promise<unknown> => page.evaluate(`
+          Object.defineProperty(document, 'visibilityState', { value: '${state}', configurable: true })
+          document.dispatchEvent(new Event('visibilitychange'))`)
+        await setVisibility('hidden')
+        await until('the hidden page to close its stream', () => streams.open === 0)
+        if (streams.attempts.length !== attempts) throw new Error('the hidden page asked for the stream again')
+        await setVisibility('visible')
+        await until('the shown page to open it again', () => streams.open === 1 && streams.attempts.length === attempts + 1)
+        await page.context().close()
+        await until('the stream to close', () => streams.open === 0)
+      }
+    },
+    {
+      name: 'a refused stream (429: the instance holds its most) is retried with growing delays, and opens once there is room',
+      run: async () => {
+        const holder = await open({ banner: false })
+        await until('the first page to hold the one stream', () => streams.open === 1)
+        const from = streams.attempts.length
+        const refused = await open({ banner: false })
+        await until('three retries', () => streams.attempts.length >= from + 4)
+        const times = streams.attempts.slice(from, from + 4).map((a) => a.at)
+        const gaps = times.slice(1).map((time, i) => time - times[i]!)
+        // Delays of 1, 2 and 4 s, each between half and all of it.
+        if (!(gaps[0]! < 1100 && gaps[1]! >= 950 && gaps[2]! >= 1950 && gaps[1]! < gaps[2]!)) throw new Error(`retry gaps ${gaps.join(', ')} ms do not grow as 1, 2, 4 s`)
+        await holder.context().close()
+        await until('the refused page to get the stream', () => streams.open === 1 && streams.attempts.at(-1)!.refused === false)
+        await refused.context().close()
+        await until('the stream to close', () => streams.open === 0)
+      }
+    }
+  ]
+}
