@@ -318,6 +318,20 @@ t.test('a per-user change committed by a long transaction while the listener is 
   t.same(refreshCalls, [907])
 })
 
+t.test('6,000 changes of a transaction that was open at the last read come in page by page, all of them', async (t) => {
+  const own = await createDatabase(t)
+  const { app } = await buildApp(t, { url: own.url })
+  const etl = await own.sql.reserve()
+  t.teardown(() => etl.release())
+  await etl`begin`
+  await etl`select session_refresh_user('page-0')`
+  await own.sql`select pg_current_xact_id()` // a later transaction commits first: the ETL's is among the open ones
+  t.equal(await app.sessionRefresh.catchUp(), true, 'a read while the ETL is open')
+  await etl`select session_refresh_user('page-' || n) from generate_series(1, 6000) n`
+  await etl`commit`
+  await eventually('all 6,001 users', () => app.sessionRefresh.status().userVersions === 6001, 20_000)
+})
+
 t.test('a refresh that never settles fails after refreshTimeout', async (t) => {
   const { app, logs } = await buildApp(t, { url: db.url, plugin: { refreshTimeout: 100 }, refresh: () => new Promise(() => {}) })
   const cookie = await login(app, 908)
