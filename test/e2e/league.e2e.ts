@@ -24,6 +24,8 @@ const WEEK2 = fileURLToPath(new URL('../../examples/league/data/week2', import.m
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 // Generous: it bounds waits for things that do happen, it is not what is tested.
 const WAIT_MS = 30_000
+// A cleanup (closing the browser, stopping an app or the server) that takes longer hangs.
+const CLEANUP_MS = 60_000
 
 const DEMO = 'alex.moreno@example.com'
 const OTHER = 'ada.lund@example.com'
@@ -49,11 +51,28 @@ try {
   console.log(`not ok - setup\n  ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
 } finally {
   for (const cleanup of cleanups.reverse()) {
-    await cleanup().catch((err: unknown) => console.error(`# cleanup: ${String(err)}`))
+    await bounded(cleanup(), CLEANUP_MS).catch((err: unknown) => {
+      failed++
+      console.log(`not ok - cleanup\n  ${String(err)}`)
+    })
   }
 }
 console.log(`${passed} passed, ${failed} failed`)
-process.exitCode = failed === 0 && passed > 0 ? 0 : 1
+// Exit now: a handle that a cleanup could not close must not keep CI waiting.
+process.exit(failed === 0 && passed > 0 ? 0 : 1)
+
+/** `promise`, or a rejection after `ms`: a cleanup that hangs fails the run instead of holding it. */
+async function bounded (promise: Promise<unknown>, ms: number): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`did not finish within ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
 
 function expect (actual: string, wanted: string | RegExp, what: string): void {
   const ok = typeof wanted === 'string' ? actual === wanted : wanted.test(actual)
@@ -116,11 +135,15 @@ async function startApp (url: string, port: number, kind: 'store' | 'secure'): P
   return { origin: `http://localhost:${port}`, child }
 }
 
+/** SIGTERM, the app's own shutdown; SIGKILL if it has not exited within WAIT_MS. */
 async function stopChild (child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise((resolve) => child.once('exit', resolve))
   child.kill('SIGTERM')
+  const killer = setTimeout(() => child.kill('SIGKILL'), WAIT_MS)
   await exited
+  clearTimeout(killer)
+  if (child.signalCode === 'SIGKILL') throw new Error(`app process ${child.pid} did not stop on SIGTERM within ${WAIT_MS} ms`)
 }
 
 /** Polls the app's public /status until its in-memory version is `version`. */
