@@ -67,3 +67,16 @@ export function hasSeveralHosts (connection: Connection): boolean {
   const url = String(connection)
   return url.slice(url.indexOf('://') + 3).split(/[/?]/)[0]!.includes(',')
 }
+
+/**
+ * Ends a statement that timed out on the server too. Dropping the socket is not
+ * enough: a backend waiting on a lock (an ETL's TRUNCATE) notices its closed
+ * socket only when it next sends, so each timed-out statement would leave a
+ * backend waiting, or hold a connection of the app's pool (the `sql` option,
+ * whose sockets are never dropped), and the next read would take another.
+ * postgres.js sends the cancel request on a connection of its own; its types
+ * say void, but it returns a promise, which fails on a dead link.
+ */
+export function cancelOnServer (query: { cancel: () => void }): void {
+  Promise.resolve(query.cancel() as unknown).catch(() => {})
+}

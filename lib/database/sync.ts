@@ -1,6 +1,7 @@
 import type { PendingQuery, Row, Sql } from 'postgres'
 import { MissingTableError, QueryTimeoutError } from '../errors.js'
 import { withTimeout } from '../timeout.js'
+import { cancelOnServer } from './connection.js'
 import { quoteIdentifier, withTableCheck } from './migrate.js'
 import { parseVersionOrThrow } from './version.js'
 import type { VersionChange } from '../view.js'
@@ -204,7 +205,9 @@ export class Sync {
              ), '[]')::text as users
       from ${sql(schema)}.session_refresh_state s`
     const [row] = await withTimeout(withTableCheck(query), timeout, () => {
+      // Dropped first: the cancel goes out on a connection of its own, which must not be dropped with it.
       this.#options.dropConnection()
+      cancelOnServer(query)
       throw new QueryTimeoutError('reading the session versions', timeout)
     })
     if (row === undefined || row.version === null) throw new MissingTableError()

@@ -1,7 +1,7 @@
 import type { Sql } from 'postgres'
 import { ClosedError, QueryTimeoutError } from '../errors.js'
 import { withTimeout } from '../timeout.js'
-import { connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
+import { cancelOnServer, connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
 import { withTableCheck } from './migrate.js'
 import { TrackedSockets } from './sockets.js'
 
@@ -84,8 +84,10 @@ export class UserChanges {
       select version::text, logout_seq::text, kept from ${sql(schema)}.session_change_user(${userId}, ${logout},
         ${keep?.hash ?? null}, ${keep === null ? null : String(keep.since)}::bigint, ${keep === null ? null : sql.array([...keep.held])}::text[])`
     // A dropped connection aborts the change if it had not committed; the caller may retry.
+    // Cancelled on the server too: a change left waiting on a lock would commit after the caller was told it failed.
     const [row] = await withTimeout(withTableCheck(query), queryTimeout, () => {
       this.#sockets.destroyAll()
+      cancelOnServer(query)
       throw new QueryTimeoutError(logout ? 'logoutUser' : 'refreshUser', queryTimeout)
     })
     return { version: Number(row!.version), logoutSeq: Number(row!.logout_seq), kept: row!.kept }

@@ -2,6 +2,7 @@ import { fastifySSE } from '@fastify/sse'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { identityKey } from './identity.js'
 import { forcedLogoutOf } from './hook.js'
+import type { LoginReason } from './login.js'
 import type { SessionAdapter, SessionFields } from './sessions.js'
 import { asStamp, type SessionStamp } from './stamp.js'
 import { logoutOf } from './verdict.js'
@@ -71,21 +72,20 @@ export class EventStreams {
   }
 
   async #stream (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const { adapter, identify, stampField, view, loginUrl, maxStreams, maxStreamsPerSession } = this.#options
+    const { adapter, identify, stampField, view, maxStreams, maxStreamsPerSession } = this.#options
     const forced = forcedLogoutOf(request)
-    if (forced !== null) {
-      await reply.sse.send({ event: 'logout', data: { reason: forced, loginUrl } })
-      reply.sse.close()
-      return
-    }
+    if (forced !== null) return this.#logOut(reply, forced)
     const session = adapter.sessionOf(request)
     const identity = session === null ? null : identify(session, request)
     const stamp = asStamp(session?.get(stampField))
     if (identity == null || stamp === null) return this.#refuse(reply, 401, 'Please log in')
+    const key = identityKey(identity)
+    // A logout read after the check let this request through (while an app's
+    // preHandler ran, say) would reach no stream: the page is told at once.
+    if (logoutOf(stamp, key, view)?.out === true) return this.#logOut(reply, 'user-logout')
     if (this.#all.size >= maxStreams || (this.#perLogin.get(stamp.k) ?? 0) >= maxStreamsPerSession) {
       return this.#refuse(reply, 429, 'Too many open event streams')
     }
-    const key = identityKey(identity)
     const stream: Stream = { reply, stamp, key, keys: [key, ...stamp.h], userVersion: view.user(key)?.version ?? stamp.u }
     this.#add(stream)
     reply.sse.onClose(() => this.#remove(stream))
@@ -93,6 +93,12 @@ export class EventStreams {
     // Once at the start: a page that reconnects after a while learns what it missed.
     await reply.sse.send({ event: 'version', data: { version: view.version } })
     if (stream.userVersion !== stamp.u) await reply.sse.send({ event: 'refresh', data: {} })
+  }
+
+  /** Tells the page to log in again, and ends the stream. */
+  async #logOut (reply: FastifyReply, reason: LoginReason): Promise<void> {
+    await reply.sse.send({ event: 'logout', data: { reason, loginUrl: this.#options.loginUrl } })
+    reply.sse.close()
   }
 
   #refuse (reply: FastifyReply, statusCode: number, message: string): void {

@@ -126,8 +126,11 @@ class SlowPath {
     if (isAhead(stamp, visit.key, view)) {
       // Another instance has read a change this one has not. If the catch-up
       // fails, serve the session as it is rather than stamp it backwards.
-      if (!await view.catchUp(options.catchUpTimeout)) return this.#finish(visit)
+      request.log.debug({ userId: visit.key }, `Session of user ${visit.key} was stamped by an instance ahead of this one: catching up`)
+      const caughtUp = await view.catchUp(options.catchUpTimeout)
+      // A logout read while it waited counts, whether or not the catch-up itself finished.
       if (logoutOf(stamp, visit.key, view)?.out === true) return this.#logOut(visit, 'user-logout')
+      if (!caughtUp) return this.#finish(visit)
     }
     const reason = staleReason(session, stamp, visit.key, options.requiredFields, view)
     if (reason === null) return this.#finish(visit)
@@ -167,7 +170,10 @@ class SlowPath {
     if (!outcome.ok) {
       if (outcome.reason === 'refresh-error') {
         request.log.error({ userId: key, reason: outcome.reason, err: outcome.error }, `Could not refresh session for user: ${key}`)
-        if (options.onRefreshError === 'keep') return this.#finish(visit)
+        if (options.onRefreshError === 'keep') {
+          // Kept as it was, unless a logout of its user was read while the refresh ran.
+          return logoutOf(stamp, key, view)?.out === true ? this.#logOut(visit, 'user-logout') : this.#finish(visit)
+        }
       }
       return this.#logOut(visit, outcome.reason)
     }

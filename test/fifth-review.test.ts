@@ -1,0 +1,135 @@
+// Findings of the fifth adversarial review, each a test named after its
+// scenario, written against the code that had the defect: a logout read while
+// a request waited (for its catch-up, for a refresh that then failed, in an app
+// hook before the event stream's handler), and statements that timed out on a
+// lock but went on waiting on the server.
+import postgres from 'postgres'
+import t from 'tap'
+import { buildApp, bumpAndWait, gate, getMe, login } from './helpers/app.js'
+import { lockTable, pluginBackendsWaitingForLock, queueTableLock } from './helpers/backends.js'
+import { createDatabase, eventually } from './helpers/database.js'
+import { openEvents } from './helpers/sse.js'
+
+const db = await createDatabase(t)
+const EVENTS = '/session-refresh/events'
+
+t.test('a logout read while a request waits for its catch-up ends that session, even when the catch-up runs out of catchUpTimeout', async (t) => {
+  // Long enough for the logout's read to finish inside it; the catch-up's own read never does.
+  const { app, logs } = await buildApp(t, { url: db.url, plugin: { catchUpTimeout: 8_000, queryTimeout: 60_000, pollInterval: 60_000 } })
+  // Stamped by an instance that has read a bump this one has not.
+  const cookie = await login(app, 501, { sessionVersion: app.sessionRefresh.version + 1 })
+  const first = await lockTable(t, db.sql)
+  // The logout commits; the read its hint starts waits for the lock.
+  await db.sql`select session_logout_user('501')`
+  await eventually('the logout\'s read to wait for the lock', async () => await pluginBackendsWaitingForLock(db.sql) === 1, 20_000)
+  // A second lock queued behind that read: the catch-up's read, which comes after it, waits for this one.
+  const second = await queueTableLock(t, db.sql)
+  await eventually('the second lock to queue', async () =>
+    (await db.sql`select 1 from pg_stat_activity where pid = ${second.pid} and wait_event_type = 'Lock'`).length === 1, 20_000)
+
+  const answer = getMe(app, cookie)
+  await eventually('the request to wait for its catch-up', () => logs.some((line) => /catching up/.test(line.msg) && line.userId === '501'), 20_000)
+  await first.release() // the logout's read goes through and is applied; the catch-up's read now waits for the second lock
+  await second.held
+  const response = await answer
+  await second.release()
+  t.match(response.json(), { statusCode: 401, reason: 'user-logout' }, 'not served as user 501')
+})
+
+t.test('onRefreshError: \'keep\' does not keep a session whose user was logged out while its refresh ran', async (t) => {
+  const started = gate()
+  const failing = gate()
+  const { app } = await buildApp(t, {
+    url: db.url,
+    plugin: { onRefreshError: 'keep' },
+    refresh: async (session) => {
+      if (session.get('id') === 502) {
+        started.open()
+        await failing.wait
+      }
+      throw new Error('the users database is down')
+    }
+  })
+  const loggedOut = await login(app, 502)
+  const kept = await login(app, 503)
+  await bumpAndWait(db.sql, { app })
+  const pending = getMe(app, loggedOut)
+  await started.wait
+  await app.sessionRefresh.logoutUser(502) // committed and read by this instance while the refresh runs
+  failing.open()
+  t.match((await pending).json(), { statusCode: 401, reason: 'user-logout' }, 'logged out, not kept')
+  // The control: with no logout, a failed refresh keeps the session.
+  const response = await getMe(app, kept)
+  t.equal(response.statusCode, 200)
+  t.match(response.json(), { id: 503 }, 'kept')
+})
+
+t.test('an event stream of a session logged out after the check let it through (while an app preHandler ran) is told logout and ends', async (t) => {
+  const test = await buildApp(t, { url: db.url, plugin: { events: EVENTS } })
+  const inHook = gate()
+  const hold = gate()
+  test.app.addHook('preHandler', async (request) => {
+    if (request.url !== EVENTS) return
+    inHook.open()
+    await hold.wait // a rate limiter, a CSRF check: any app hook that awaits
+  })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}`
+  const cookie = await login(test.app, 504)
+
+  const opening = openEvents(url, cookie)
+  await inHook.wait
+  await test.app.sessionRefresh.logoutUser(504)
+  hold.open()
+  const reader = await opening
+  t.teardown(() => reader.close())
+  await eventually('the logout event', () => reader.events.some((e) => e.event === 'logout'), 20_000)
+  t.same(reader.events.filter((e) => e.event !== ':').map((e) => e.event), ['logout'], 'told nothing but the logout')
+  // Resolves only when the server ends the stream: the wait is the check.
+  await reader.ended
+  t.match((await getMe(test.app, cookie)).json(), { statusCode: 401, reason: 'user-logout' })
+})
+
+t.test('reads that time out on a lock (an ETL truncating the per-user table) leave no backend waiting on it', async (t) => {
+  const { app } = await buildApp(t, { url: db.url, plugin: { queryTimeout: 500, pollInterval: 60_000 } })
+  const lock = await lockTable(t, db.sql, 'session_user_versions')
+  for (let read = 1; read <= 3; read++) {
+    t.equal(await app.sessionRefresh.catchUp(), false, `read ${read} did not finish`)
+  }
+  await eventually('a read to time out', () => app.sessionRefresh.status().lastSyncError?.code === 'FST_SESSION_REFRESH_QUERY_TIMEOUT', 20_000)
+  // Without a cancel, each timed-out read leaves its backend waiting until the lock goes, and the next read opens another.
+  await eventually('no backend of the plugin waiting for the lock', async () => await pluginBackendsWaitingForLock(db.sql) === 0, 20_000)
+  await lock.release()
+  t.equal(await app.sessionRefresh.catchUp(), true, 'reads work again')
+})
+
+t.test('a read that times out on a lock does not hold a connection of the app\'s pool (the sql option)', async (t) => {
+  const appSql = postgres(db.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => appSql.end({ timeout: 1 }))
+  const { app } = await buildApp(t, { url: db.url, plugin: { sql: appSql, queryTimeout: 500, pollInterval: 60_000 } })
+  const lock = await lockTable(t, db.sql, 'session_user_versions')
+  t.equal(await app.sessionRefresh.catchUp(), false, 'the read did not finish')
+  await eventually('the read to time out', () => app.sessionRefresh.status().lastSyncError?.code === 'FST_SESSION_REFRESH_QUERY_TIMEOUT', 20_000)
+  // The app's own query on another table: without a cancel it waits behind the read for as long as the lock is held.
+  let timer: NodeJS.Timeout | undefined
+  const answered = await Promise.race([
+    appSql`select 1 as one`.then(() => true),
+    new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), 20_000) })
+  ])
+  clearTimeout(timer)
+  t.equal(answered, true, 'the app\'s query ran while the lock was still held')
+  await lock.release()
+})
+
+t.test('a logoutUser that times out on a lock is cancelled on the server: it never commits after the caller was told it failed', async (t) => {
+  const { app } = await buildApp(t, { url: db.url, plugin: { queryTimeout: 500, pollInterval: 60_000 } })
+  await app.sessionRefresh.refreshUser(505) // the writer's connection is open
+  const lock = await lockTable(t, db.sql, 'session_user_versions')
+  await t.rejects(app.sessionRefresh.logoutUser(506), { code: 'FST_SESSION_REFRESH_QUERY_TIMEOUT' })
+  await eventually('no backend of the plugin waiting for the lock', async () => await pluginBackendsWaitingForLock(db.sql) === 0, 20_000)
+  await lock.release()
+  await app.sessionRefresh.refreshUser(507) // a change made after: the one that timed out would be in before it
+  const rows = await db.sql`select user_id from session_user_versions where user_id in ('506', '507') order by user_id`
+  t.same(rows.map((row) => row.user_id), ['507'], 'the logout that failed changed nothing')
+  t.equal((await getMe(app, await login(app, 506))).statusCode, 200, 'and logs nobody out')
+})
