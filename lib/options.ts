@@ -230,6 +230,29 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
       : `a schema name of 1 to ${MAX_SCHEMA_BYTES} bytes`
 }
 
+// What the session plugins keep for themselves where `session.set` writes:
+// @fastify/session keeps fields as properties of its session object, next to its
+// `cookie`, its `sessionId` and `encryptedSessionId` getters and its methods (and
+// what every object inherits, such as `__proto__`); @fastify/secure-session keeps
+// its cookie's date, `__ts`, with the fields. A stamp there would replace one of them.
+const SESSION_PLUGIN_KEYS: ReadonlySet<string> = new Set([
+  'cookie', 'sessionId', 'encryptedSessionId', 'get', 'set', 'save', 'reload', 'destroy', 'regenerate',
+  'touch', 'options', 'isModified', 'isSaved', '__ts'
+])
+
+/**
+ * Why `stampField` cannot hold the stamp, or null. stamp() writes it into the
+ * session after the user's fields: on one of them it would replace it (the
+ * user id, and every later request would answer 500). The identity field is
+ * known only without `identify`, which reads the id from wherever it likes.
+ */
+function stampFieldClash (stampField: string, identityField: string | null, requiredFields: readonly string[]): string | null {
+  if (stampField === identityField) return 'which is the `identityField`: stamp() would overwrite the user id'
+  if (requiredFields.includes(stampField)) return 'which is in `requiredFields`: stamp() would overwrite it'
+  if (SESSION_PLUGIN_KEYS.has(stampField) || stampField in Object.prototype) return 'which the session plugin keeps for itself'
+  return null
+}
+
 function isPostgres (value: unknown): value is Sql {
   return typeof value === 'function' && typeof (value as Partial<Sql>).begin === 'function' && typeof (value as Partial<Sql>).options === 'object'
 }
@@ -266,6 +289,8 @@ export function resolveOptions (options: Partial<SessionRefreshOptions>): Resolv
   if (given.sql !== undefined && transforms(given.sql)) {
     throw new InvalidOptionError('expected `sql` to return rows as the server sends them; it has a transform (postgres.camel, say): pass a postgres.js instance without one')
   }
+  const clash = stampFieldClash(merged.stampField, given.identify === undefined ? merged.identityField : null, merged.requiredFields)
+  if (clash !== null) throw new InvalidOptionError(`expected \`stampField\` to be a session field of its own, got ${inspect(merged.stampField)}, ${clash}`)
   const field = merged.identityField
   return { sql: undefined, ...merged, identify: given.identify ?? ((session) => session.get(field)) } as ResolvedOptions
 }

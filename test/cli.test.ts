@@ -368,20 +368,22 @@ t.test('in-process, for every path', async (t) => {
 
     const second = await bumpSessionVersion(db.sql)
     await waitForOutput(io, new RegExp(`session_version 1 -> ${second} {2}\\(\\d+ (ms|s) since updated_at\\)\\n$`), WAIT)
-    await db.sql`select pg_notify('session_refresh', 'version:not-a-version')`
-    await waitForOutput(io, /ignored a session_version notification that is not a version: "version:not-a-version"\n$/, WAIT)
     // Per-user hints and heartbeats share the channel; watch shows versions only.
     await db.sql`select pg_notify('session_refresh', 'users')`
     await db.sql`select pg_notify('session_refresh', 'heartbeat:abc:1')`
-    // A payload that disagrees with the table, as when a later bump lands before the read.
+    // Version payloads that are not the table's: a hint to read it, never a value to show.
+    await db.sql`select pg_notify('session_refresh', 'version:not-a-version')`
     await db.sql`select pg_notify('session_refresh', 'version:999')`
-    await waitForOutput(io, new RegExp(`\\n\\S+ {2}session_version ${second} -> 999 {2}\\(the table already says ${second}\\)\\n$`), WAIT)
-    t.equal(io.stdout.split('\n').length, 5, 'the users and heartbeat payloads printed nothing')
+    // Once this bump is shown, the table says `third`: what the payloads above make watch
+    // read from now on has nothing to print.
+    const third = await bumpSessionVersion(db.sql)
+    await waitForOutput(io, new RegExp(`\\n\\S+ {2}session_version ${second} -> ${third} {2}\\(\\d+ (ms|s) since updated_at\\)\\n$`), WAIT)
+    t.equal(io.stdout.split('\n').length, 4, 'the other payloads printed nothing')
 
+    // A reconnect reads the table, since what was sent while it was down is lost
+    // (a change it missed: see test/cli-watch.test.ts).
     t.equal(await terminateListeners(db.sql, 'session-refresh-cli'), 1)
-    await waitForOutput(io, new RegExp(`reconnected; session_version is ${second} \\(was 999\\)\\n$`), WAIT)
-    t.equal(await terminateListeners(db.sql, 'session-refresh-cli'), 1)
-    await waitForOutput(io, new RegExp(`\\n\\S+ {2}reconnected; session_version is ${second}\\n$`), WAIT)
+    await waitForOutput(io, new RegExp(`\\n\\S+ {2}reconnected; session_version is ${third}\\n$`), WAIT)
 
     // Reads that fail are reported and watching goes on.
     await db.sql`alter table system_settings rename to system_settings_away`
@@ -391,8 +393,8 @@ t.test('in-process, for every path', async (t) => {
     await eventually('a second read error', () => io.stderr.split('\n').length === 3, WAIT)
     t.equal(io.stderr, NOT_MIGRATED.repeat(2))
     await db.sql`alter table system_settings_away rename to system_settings`
-    const third = await bumpSessionVersion(db.sql)
-    await waitForOutput(io, new RegExp(`session_version ${second} -> ${third} `), WAIT)
+    const fourth = await bumpSessionVersion(db.sql)
+    await waitForOutput(io, new RegExp(`session_version ${third} -> ${fourth} `), WAIT)
 
     io.stop()
     t.equal(await exit, EXIT_OK)

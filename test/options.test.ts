@@ -1,4 +1,5 @@
 import cookie from '@fastify/cookie'
+import secureSession from '@fastify/secure-session'
 import session from '@fastify/session'
 import Fastify from 'fastify'
 import t from 'tap'
@@ -82,6 +83,74 @@ t.test('bad options fail with a precise, coded message', async (t) => {
   const error = (() => { try { resolveOptions({}) } catch (err) { return err } })()
   t.ok(error instanceof TypeError, 'a bad option is a TypeError')
   t.ok(error instanceof errors.InvalidOptionError, 'of the exported class')
+})
+
+t.test('a stampField that is the identity field, a required field or a key of the session plugin is refused: stamp() would overwrite it', async (t) => {
+  const own = 'expected `stampField` to be a session field of its own'
+  const cases: Array<[Partial<SessionRefreshOptions>, string]> = [
+    // The review's case: with the default identityField, the first stamp() replaced the user id, and every request then answered 500.
+    [{ stampField: 'id' }, `${own}, got 'id', which is the \`identityField\`: stamp() would overwrite the user id`],
+    [{ identityField: 'uid', stampField: 'uid' }, `${own}, got 'uid', which is the \`identityField\`: stamp() would overwrite the user id`],
+    [{ requiredFields: ['email', 'playerId'], stampField: 'playerId' }, `${own}, got 'playerId', which is in \`requiredFields\`: stamp() would overwrite it`],
+    [{ identify: () => 1, requiredFields: ['email'], stampField: 'email' }, `${own}, got 'email', which is in \`requiredFields\`: stamp() would overwrite it`]
+  ]
+  // @fastify/session keeps fields as properties of its session object, next to its own;
+  // @fastify/secure-session keeps the cookie's date with them.
+  for (const key of ['cookie', 'sessionId', 'encryptedSessionId', '__ts', 'save', 'regenerate', '__proto__', 'constructor']) {
+    cases.push([{ stampField: key }, `${own}, got '${key}', which the session plugin keeps for itself`])
+  }
+  for (const [options, message] of cases) {
+    t.throws(() => resolveOptions({ ...valid, ...options }), { code: 'FST_SESSION_REFRESH_INVALID_OPTION', message: `fastify-session-refresh: ${message}` }, message)
+  }
+  // With `identify`, no field name is known to compare with: passport's id lives in `passport`.
+  t.equal(resolveOptions({ ...valid, identify: () => 1, stampField: 'id' }).stampField, 'id')
+  t.equal(resolveOptions({ ...valid, identityField: 'uid', stampField: 'id' }).stampField, 'id')
+  t.equal(resolveOptions({ ...valid, requiredFields: ['email'], stampField: 'shopStamp' }).stampField, 'shopStamp')
+})
+
+t.test('stampField: \'id\' with the default identityField fails register, before any connection is made', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cookie)
+  await app.register(session, { secret: SECRET })
+  app.register(sessionRefresh, { ...valid, connection: 'postgres://127.0.0.1:1/x', stampField: 'id' })
+  await t.rejects(async () => { await app.ready() }, {
+    code: 'FST_SESSION_REFRESH_INVALID_OPTION',
+    message: /expected `stampField` to be a session field of its own, got 'id', which is the `identityField`/
+  })
+})
+
+t.test('every key a real @fastify/session or @fastify/secure-session session holds before any field is set is refused as stampField', async (t) => {
+  const keys = new Set<string>()
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cookie)
+  await app.register(session, { secret: SECRET, cookie: { secure: false } })
+  app.get('/', async (request) => {
+    // What `session.get(key)` reads and `session.set(key)` overwrites: the object's properties, inherited ones too.
+    for (let object: object | null = request.session; object !== null; object = Object.getPrototypeOf(object)) {
+      for (const key of Object.getOwnPropertyNames(object)) keys.add(key)
+    }
+    return 'ok'
+  })
+  t.equal((await app.inject('/')).statusCode, 200)
+
+  const stateless = Fastify()
+  t.teardown(() => stateless.close())
+  await stateless.register(secureSession, { key: Buffer.alloc(32, 7), cookie: { path: '/' } })
+  stateless.get('/', async (request) => {
+    // secure-session reads and writes one plain object, kept under a symbol.
+    const store = Object.getOwnPropertySymbols(request.session).map((symbol) => (request.session as unknown as Record<symbol, unknown>)[symbol])
+      .find((value): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value))
+    for (const key of Object.keys(store ?? {})) keys.add(key)
+    return 'ok'
+  })
+  t.equal((await stateless.inject('/')).statusCode, 200)
+
+  t.ok(keys.has('cookie') && keys.has('sessionId') && keys.has('__ts'), `the keys found: ${[...keys].join(', ')}`)
+  for (const key of keys) {
+    t.throws(() => resolveOptions({ ...valid, stampField: key }), { code: 'FST_SESSION_REFRESH_INVALID_OPTION' }, key)
+  }
 })
 
 t.test('timer options above 2^31-1 ms are refused with a message that names the limit (issue 11.12)', async (t) => {
