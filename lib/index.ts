@@ -178,6 +178,7 @@ async function addEventStream (fastify: FastifyInstance, options: ResolvedOption
     keepAlive: options.eventsKeepAlive,
     maxStreams: options.maxEventStreams,
     maxStreamsPerSession: options.maxEventStreamsPerSession,
+    maxStreamsPerUser: options.maxEventStreamsPerUser,
     loginUrl: options.loginUrl,
     stampField: options.stampField,
     identify: options.identify,

@@ -135,6 +135,12 @@ export interface SessionRefreshOptions {
    */
   maxEventStreamsPerSession?: number
   /**
+   * Event streams one user may have open at once on one instance, over all
+   * their sessions: logging in again and again gets no more; more get 429.
+   * @default 16
+   */
+  maxEventStreamsPerUser?: number
+  /**
    * Event streams one instance holds at most; more get 429.
    * @default 10000
    */
@@ -176,6 +182,7 @@ const DEFAULTS = {
   events: false,
   eventsKeepAlive: 25_000,
   maxEventStreamsPerSession: 4,
+  maxEventStreamsPerUser: 16,
   maxEventStreams: 10_000,
   sessionLifetime: 86_400_000,
   schema: 'public'
@@ -223,6 +230,7 @@ const CHECKS: Record<keyof SessionRefreshOptions, Check> = {
   events: path,
   eventsKeepAlive: timer,
   maxEventStreamsPerSession: positiveInteger,
+  maxEventStreamsPerUser: positiveInteger,
   maxEventStreams: positiveInteger,
   schema: (value) =>
     typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= MAX_SCHEMA_BYTES

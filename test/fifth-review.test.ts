@@ -133,3 +133,27 @@ t.test('a logoutUser that times out on a lock is cancelled on the server: it nev
   t.same(rows.map((row) => row.user_id), ['507'], 'the logout that failed changed nothing')
   t.equal((await getMe(app, await login(app, 506))).statusCode, 200, 'and logs nobody out')
 })
+
+t.test('one account that logs in again and again cannot take every event stream of the instance (maxEventStreamsPerUser)', async (t) => {
+  const test = await buildApp(t, { url: db.url, plugin: { events: EVENTS, maxEventStreams: 12, maxEventStreamsPerSession: 4, maxEventStreamsPerUser: 8 } })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}`
+  const open = async (cookie: string) => {
+    const reader = await openEvents(url, cookie)
+    t.teardown(() => reader.close())
+    return reader
+  }
+  const streams = []
+  for (let session = 0; session < 3; session++) {
+    const cookie = await login(test.app, 510) // a new session each time: a login key of its own
+    for (let tab = 0; tab < 4; tab++) streams.push(await open(cookie))
+  }
+  t.same(streams.map((reader) => reader.status), [200, 200, 200, 200, 200, 200, 200, 200, 429, 429, 429, 429], 'eight for the user, over its sessions')
+  t.equal((await open(await login(test.app, 511))).status, 200, 'another user still gets one')
+  streams[0]!.close()
+  await eventually('room for the user again', async () => {
+    const reader = await open(await login(test.app, 510))
+    reader.close()
+    return reader.status === 200
+  }, 20_000)
+})

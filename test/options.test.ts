@@ -38,6 +38,7 @@ t.test('defaults are filled in, and undefined means default', async (t) => {
     events: false,
     eventsKeepAlive: 25_000,
     maxEventStreamsPerSession: 4,
+    maxEventStreamsPerUser: 16,
     maxEventStreams: 10_000,
     sessionLifetime: 86_400_000,
     schema: 'public'

@@ -14,6 +14,7 @@ export interface EventsOptions {
   keepAlive: number
   maxStreams: number
   maxStreamsPerSession: number
+  maxStreamsPerUser: number
   loginUrl: string
   stampField: string
   identify: (session: SessionFields, request: FastifyRequest) => unknown
@@ -43,7 +44,10 @@ export class EventStreams {
   readonly #options: EventsOptions
   readonly #byUser = new Map<string, Set<Stream>>()
   readonly #all = new Set<Stream>()
-  readonly #perLogin = new Map<string, number>()
+  // Open streams by login (a session) and by user: limits that one account's
+  // tabs, or its logins one after another, cannot take the whole instance's.
+  readonly #perLogin = new Counts()
+  readonly #perUser = new Counts()
 
   constructor (options: EventsOptions) {
     this.#options = options
@@ -72,7 +76,7 @@ export class EventStreams {
   }
 
   async #stream (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const { adapter, identify, stampField, view, maxStreams, maxStreamsPerSession } = this.#options
+    const { adapter, identify, stampField, view, maxStreams, maxStreamsPerSession, maxStreamsPerUser } = this.#options
     const forced = forcedLogoutOf(request)
     if (forced !== null) return this.#logOut(reply, forced)
     const session = adapter.sessionOf(request)
@@ -83,7 +87,7 @@ export class EventStreams {
     // A logout read after the check let this request through (while an app's
     // preHandler ran, say) would reach no stream: the page is told at once.
     if (logoutOf(stamp, key, view)?.out === true) return this.#logOut(reply, 'user-logout')
-    if (this.#all.size >= maxStreams || (this.#perLogin.get(stamp.k) ?? 0) >= maxStreamsPerSession) {
+    if (this.#all.size >= maxStreams || this.#perLogin.of(stamp.k) >= maxStreamsPerSession || this.#perUser.of(key) >= maxStreamsPerUser) {
       return this.#refuse(reply, 429, 'Too many open event streams')
     }
     const stream: Stream = { reply, stamp, key, keys: [key, ...stamp.h], userVersion: view.user(key)?.version ?? stamp.u }
@@ -110,7 +114,8 @@ export class EventStreams {
 
   #add (stream: Stream): void {
     this.#all.add(stream)
-    this.#perLogin.set(stream.stamp.k, (this.#perLogin.get(stream.stamp.k) ?? 0) + 1)
+    this.#perLogin.add(stream.stamp.k, 1)
+    this.#perUser.add(stream.key, 1)
     for (const key of stream.keys) {
       let streams = this.#byUser.get(key)
       if (streams === undefined) this.#byUser.set(key, streams = new Set())
@@ -120,9 +125,8 @@ export class EventStreams {
 
   #remove (stream: Stream): void {
     this.#all.delete(stream)
-    const left = this.#perLogin.get(stream.stamp.k)! - 1
-    if (left === 0) this.#perLogin.delete(stream.stamp.k)
-    else this.#perLogin.set(stream.stamp.k, left)
+    this.#perLogin.add(stream.stamp.k, -1)
+    this.#perUser.add(stream.key, -1)
     for (const key of stream.keys) {
       const streams = this.#byUser.get(key)!
       streams.delete(stream)
@@ -153,5 +157,20 @@ export class EventStreams {
   #send (stream: Stream, event: string, data: unknown): void {
     // A stream that closed meanwhile (the client went away) drops the event.
     if (stream.reply.sse.isConnected) stream.reply.sse.send({ event, data }).catch(() => {})
+  }
+}
+
+/** Counts by key; a key whose count falls to 0 is forgotten, so the map holds only open streams. */
+class Counts {
+  readonly #counts = new Map<string, number>()
+
+  of (key: string): number {
+    return this.#counts.get(key) ?? 0
+  }
+
+  add (key: string, delta: number): void {
+    const count = this.of(key) + delta
+    if (count === 0) this.#counts.delete(key)
+    else this.#counts.set(key, count)
   }
 }
