@@ -3,6 +3,7 @@
 // a request waited (for its catch-up, for a refresh that then failed, in an app
 // hook before the event stream's handler), and statements that timed out on a
 // lock but went on waiting on the server.
+import http from 'node:http'
 import postgres from 'postgres'
 import t from 'tap'
 import { buildApp, bumpAndWait, gate, getMe, login } from './helpers/app.js'
@@ -103,22 +104,38 @@ t.test('reads that time out on a lock (an ETL truncating the per-user table) lea
   t.equal(await app.sessionRefresh.catchUp(), true, 'reads work again')
 })
 
-t.test('a read that times out on a lock does not hold a connection of the app\'s pool (the sql option)', async (t) => {
-  const appSql = postgres(db.url, { max: 1, onnotice: () => {} })
+t.test('on the app\'s pool (the sql option), a read that times out is never cancelled, and the reads after it wait for it instead of taking more connections', async (t) => {
+  const appSql = postgres(db.url, { max: 3, onnotice: () => {} })
   t.teardown(() => appSql.end({ timeout: 1 }))
   const { app } = await buildApp(t, { url: db.url, plugin: { sql: appSql, queryTimeout: 500, pollInterval: 60_000 } })
   const lock = await lockTable(t, db.sql, 'session_user_versions')
-  t.equal(await app.sessionRefresh.catchUp(), false, 'the read did not finish')
-  await eventually('the read to time out', () => app.sessionRefresh.status().lastSyncError?.code === 'FST_SESSION_REFRESH_QUERY_TIMEOUT', 20_000)
-  // The app's own query on another table: without a cancel it waits behind the read for as long as the lock is held.
-  let timer: NodeJS.Timeout | undefined
-  const answered = await Promise.race([
-    appSql`select 1 as one`.then(() => true),
-    new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), 20_000) })
-  ])
-  clearTimeout(timer)
-  t.equal(answered, true, 'the app\'s query ran while the lock was still held')
+  for (let read = 1; read <= 4; read++) t.equal(await app.sessionRefresh.catchUp(), false, `read ${read} did not finish`)
+  await eventually('a read to time out', () => app.sessionRefresh.status().lastSyncError?.code === 'FST_SESSION_REFRESH_QUERY_TIMEOUT', 20_000)
+  t.equal(await pluginPoolWaiters(), 1, 'one connection of the pool waits for the lock, not one per read')
+  // The app's own queries go on, on the pool's other connections, and none is cancelled.
+  const answers = await Promise.all([appSql`select 1 as one`, appSql`select pg_sleep(0.2), 2 as two`])
+  t.same(answers.map((rows) => rows.length), [1, 1])
   await lock.release()
+  t.equal(await app.sessionRefresh.catchUp(), true, 'reads work again once the lock is gone')
+
+  /** Connections of the app's pool (not the plugin's own) waiting for a lock. */
+  async function pluginPoolWaiters (): Promise<number> {
+    const [row] = await db.sql<[{ count: number }]>`
+      select count(*)::int as count from pg_stat_activity
+      where datname = current_database() and wait_event_type = 'Lock' and pid <> ${lock.pid} and application_name <> 'fastify-session-refresh'`
+    return row!.count
+  }
+})
+
+t.test('on the app\'s pool, a plugin read queued behind a slow app query and timed out leaves the app\'s answers intact', async (t) => {
+  const appSql = postgres(db.url, { max: 1, onnotice: () => {} })
+  t.teardown(() => appSql.end({ timeout: 1 }))
+  const { app } = await buildApp(t, { url: db.url, plugin: { sql: appSql, queryTimeout: 300, pollInterval: 60_000 } })
+  const slow = appSql`select pg_sleep(1), 'slow' as answer`.execute() // sent now, not when awaited
+  t.equal(await app.sessionRefresh.catchUp(), false, 'the plugin\'s read, queued behind the slow query, timed out')
+  const [slowRow] = await slow
+  const [next] = await appSql`select 'next' as answer`
+  t.same([slowRow?.answer, next?.answer], ['slow', 'next'], 'every app query got its own answer')
 })
 
 t.test('a logoutUser that times out on a lock is cancelled on the server: it never commits after the caller was told it failed', async (t) => {
@@ -156,4 +173,28 @@ t.test('one account that logs in again and again cannot take every event stream 
     reader.close()
     return reader.status === 200
   }, 20_000)
+})
+
+t.test('a stream whose client left while an app hook ran before its handler holds no place under the limits', async (t) => {
+  const test = await buildApp(t, { url: db.url, plugin: { events: EVENTS, maxEventStreamsPerUser: 1 } })
+  const inHook = gate()
+  const clientGone = gate()
+  let first = true
+  test.app.addHook('preHandler', async (request) => {
+    if (request.url !== EVENTS || !first) return
+    first = false
+    request.raw.socket.once('close', () => clientGone.open())
+    inHook.open()
+    await clientGone.wait // a rate limiter, say, while the page navigates away
+  })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (test.app.server.address() as { port: number }).port
+  const gone = http.get({ host: '127.0.0.1', port, path: EVENTS, headers: { accept: 'text/event-stream', cookie: await login(test.app, 520) } })
+  gone.on('error', () => {}) // it is destroyed on purpose
+  await inHook.wait
+  gone.destroy()
+  await clientGone.wait // its handler runs now, for a client that is gone
+  const reader = await openEvents(`http://127.0.0.1:${port}${EVENTS}`, await login(test.app, 520))
+  t.teardown(() => reader.close())
+  t.equal(reader.status, 200, 'the user\'s one place is free')
 })

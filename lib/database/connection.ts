@@ -69,13 +69,17 @@ export function hasSeveralHosts (connection: Connection): boolean {
 }
 
 /**
- * Ends a statement that timed out on the server too. Dropping the socket is not
- * enough: a backend waiting on a lock (an ETL's TRUNCATE) notices its closed
- * socket only when it next sends, so each timed-out statement would leave a
- * backend waiting, or hold a connection of the app's pool (the `sql` option,
- * whose sockets are never dropped), and the next read would take another.
- * postgres.js sends the cancel request on a connection of its own; its types
- * say void, but it returns a promise, which fails on a dead link.
+ * Ends a statement that timed out, on a connection of the plugin's own whose
+ * socket was just dropped, on the server too. Dropping the socket is not enough:
+ * a backend waiting on a lock (an ETL's TRUNCATE) notices its closed socket only
+ * when it next sends, so each timed-out statement would leave a backend waiting
+ * (and a change would commit after the caller was told it failed).
+ *
+ * Never on the app's pool (the `sql` option): a cancel names a backend, not a
+ * statement, and that backend may be running the app's next query by the time
+ * it lands; postgres.js also mismatches answers when it cancels a query still
+ * queued behind another. postgres.js sends the cancel request on a connection
+ * of its own; its types say void, but it returns a promise, which fails on a dead link.
  */
 export function cancelOnServer (query: { cancel: () => void }): void {
   Promise.resolve(query.cancel() as unknown).catch(() => {})

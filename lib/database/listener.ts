@@ -113,6 +113,7 @@ export class VersionListener implements VersionView {
       timeout: options.queryTimeout,
       versions: this.#versions,
       dropConnection: () => this.#querySockets.destroyAll(),
+      ownConnection: options.sql === undefined,
       onReadStart: () => this.#generation,
       onReadEnd: (started, err) => this.#readEnded(started, err),
       onApplied: (change) => { for (const listener of this.#changeListeners) listener(change) },

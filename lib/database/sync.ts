@@ -17,6 +17,8 @@ export interface SyncOptions {
   versions: Versions
   /** Drops the read's connection, so that a read stuck on a dead link fails and the next one reconnects. */
   dropConnection: () => void
+  /** Whether `sql` is the plugin's own (a timed-out read is then cancelled), not the app's pool. */
+  ownConnection: boolean
   /** Told when a read starts; its answer comes back with `onReadEnd`. */
   onReadStart: () => number
   onReadEnd: (started: number, error: unknown) => void
@@ -57,6 +59,10 @@ export class Sync {
   #since: Snapshot | null = null
   // Changes when rows may have gone away (delete, truncate, restore): the next read is then full.
   #generation: string | null = null
+  // A read that timed out on the app's pool, where nothing can safely cancel it:
+  // it still holds a connection there, so the next read waits for it to end
+  // rather than take another one (a held lock would take the whole pool).
+  #stuck: Promise<void> | null = null
   lastSyncAt: Date | null = null
   lastError: unknown = null
   queueUsage = 0
@@ -112,6 +118,12 @@ export class Sync {
   }
 
   async #readAndApply (): Promise<void> {
+    if (this.#stuck !== null) {
+      await withTimeout(this.#stuck, this.#options.timeout, () => {
+        throw new QueryTimeoutError('reading the session versions (the last read is still running)', this.#options.timeout)
+      })
+      this.#stuck = null
+    }
     const since = this.#since
     let result = await this.#readPages(since)
     if (since !== null && (result.generation !== this.#generation || result.snapshot.xmin < since.xmin || result.snapshot.xmax < since.xmax)) {
@@ -204,10 +216,15 @@ export class Sync {
                from (${rows}) u
              ), '[]')::text as users
       from ${sql(schema)}.session_refresh_state s`
-    const [row] = await withTimeout(withTableCheck(query), timeout, () => {
-      // Dropped first: the cancel goes out on a connection of its own, which must not be dropped with it.
-      this.#options.dropConnection()
-      cancelOnServer(query)
+    const answer = withTableCheck(query)
+    const [row] = await withTimeout(answer, timeout, () => {
+      if (this.#options.ownConnection) {
+        // Dropped first: the cancel goes out on a connection of its own, which must not be dropped with it.
+        this.#options.dropConnection()
+        cancelOnServer(query)
+      } else {
+        this.#stuck = answer.then(() => {}, () => {})
+      }
       throw new QueryTimeoutError('reading the session versions', timeout)
     })
     if (row === undefined || row.version === null) throw new MissingTableError()

@@ -83,11 +83,14 @@ export class UserChanges {
     const query = sql<Array<{ version: string, logout_seq: string, kept: boolean }>>`
       select version::text, logout_seq::text, kept from ${sql(schema)}.session_change_user(${userId}, ${logout},
         ${keep?.hash ?? null}, ${keep === null ? null : String(keep.since)}::bigint, ${keep === null ? null : sql.array([...keep.held])}::text[])`
-    // A dropped connection aborts the change if it had not committed; the caller may retry.
-    // Cancelled on the server too: a change left waiting on a lock would commit after the caller was told it failed.
+    // On a connection of its own, dropped and cancelled on the server: a change
+    // left waiting on a lock would commit after the caller was told it failed.
+    // On the app's pool it may still commit (see cancelOnServer); the caller may retry either way.
     const [row] = await withTimeout(withTableCheck(query), queryTimeout, () => {
-      this.#sockets.destroyAll()
-      cancelOnServer(query)
+      if (this.#options.sql === undefined) {
+        this.#sockets.destroyAll()
+        cancelOnServer(query)
+      }
       throw new QueryTimeoutError(logout ? 'logoutUser' : 'refreshUser', queryTimeout)
     })
     return { version: Number(row!.version), logoutSeq: Number(row!.logout_seq), kept: row!.kept }

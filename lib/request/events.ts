@@ -90,6 +90,10 @@ export class EventStreams {
     if (this.#all.size >= maxStreams || this.#perLogin.of(stamp.k) >= maxStreamsPerSession || this.#perUser.of(key) >= maxStreamsPerUser) {
       return this.#refuse(reply, 429, 'Too many open event streams')
     }
+    // A client gone before the handler ran (while an app hook awaited) never
+    // closes again: @fastify/sse would never tell, and its stream would hold its
+    // places under the limits for good.
+    if (request.raw.destroyed || reply.raw.destroyed) return
     const stream: Stream = { reply, stamp, key, keys: [key, ...stamp.h], userVersion: view.user(key)?.version ?? stamp.u }
     this.#add(stream)
     reply.sse.onClose(() => this.#remove(stream))
