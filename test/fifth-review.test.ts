@@ -198,3 +198,15 @@ t.test('a stream whose client left while an app hook ran before its handler hold
   t.teardown(() => reader.close())
   t.equal(reader.status, 200, 'the user\'s one place is free')
 })
+
+t.test('on the app\'s pool, a logoutUser that times out on a lock is not cancelled: it fails with the coded error and may still commit, as the README says', async (t) => {
+  const appSql = postgres(db.url, { max: 2, onnotice: () => {} })
+  t.teardown(() => appSql.end({ timeout: 1 }))
+  const { app } = await buildApp(t, { url: db.url, plugin: { sql: appSql, queryTimeout: 500, pollInterval: 60_000 } })
+  const lock = await lockTable(t, db.sql, 'session_user_versions')
+  await t.rejects(app.sessionRefresh.logoutUser(530), { code: 'FST_SESSION_REFRESH_QUERY_TIMEOUT' })
+  await lock.release()
+  const committed = async () => (await db.sql`select 1 from session_user_versions where user_id = '530' and logout_seq > 0`).length === 1
+  // The wait is the check: it fails if the logout never commits.
+  await eventually('the logout, left running on the app\'s pool, to commit', committed, 20_000)
+})
