@@ -1,6 +1,6 @@
 import type { Sql } from 'postgres'
 import { ClosedError, QueryTimeoutError } from '../errors.js'
-import { withTimeout } from '../timeout.js'
+import { jitter, withTimeout } from '../timeout.js'
 import { cancelOnServer, connectTimeoutSeconds, openConnection, type Connection } from './connection.js'
 import { withTableCheck } from './migrate.js'
 import { TrackedSockets } from './sockets.js'
@@ -17,6 +17,9 @@ export interface UserChangesOptions {
 
 // PostgreSQL's deadlock_detected: it aborted this transaction to let the other go on.
 const DEADLOCK = '40P01'
+const DEADLOCK_TRIES = 4
+// About how long to let the other transaction take its lock after a deadlock (±50%).
+const DEADLOCK_PAUSE_MS = 50
 
 /** What one change of a user left in the table. */
 export interface UserChange {
@@ -55,17 +58,27 @@ export class UserChanges {
   /**
    * Records a refresh, or a logout keeping the session `keep` names. Tried once
    * more on a connection that was found closed (dropped after a dead link, say),
-   * and after a deadlock (an ETL that refreshes this user and then logs another
-   * out in one transaction takes their locks in the other order): a change made
-   * twice is harmless.
+   * and up to DEADLOCK_TRIES times in all after deadlocks (an ETL that refreshes
+   * this user and then logs another out in one transaction takes their locks in
+   * the other order): a change made twice is harmless.
    */
   async change (userId: string, logout: boolean, keep: KeptSession | null): Promise<UserChange> {
-    try {
-      return await this.#change(userId, logout, keep)
-    } catch (err) {
-      const code = String((err as { code?: unknown }).code)
-      if (!/^CONNECTION_/.test(code) && code !== DEADLOCK) throw err
-      return this.#change(userId, logout, keep)
+    for (let attempt = 1, retriedClosed = false; ; attempt++) {
+      try {
+        return await this.#change(userId, logout, keep)
+      } catch (err) {
+        const code = String((err as { code?: unknown }).code)
+        if (/^CONNECTION_/.test(code) && !retriedClosed) {
+          retriedClosed = true
+        } else if (code === DEADLOCK && attempt < DEADLOCK_TRIES) {
+          // PostgreSQL aborted this change so that the other transaction goes on.
+          // Retried at once, it can take the first lock back before that
+          // transaction's waiting statement wakes up, and deadlock again.
+          await new Promise((resolve) => setTimeout(resolve, jitter(DEADLOCK_PAUSE_MS, 0.5)))
+        } else {
+          throw err
+        }
+      }
     }
   }
 
