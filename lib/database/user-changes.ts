@@ -63,21 +63,17 @@ export class UserChanges {
    * the other order): a change made twice is harmless.
    */
   async change (userId: string, logout: boolean, keep: KeptSession | null): Promise<UserChange> {
-    for (let attempt = 1, retriedClosed = false; ; attempt++) {
+    for (let attempt = 1; ; attempt++) {
       try {
         return await this.#change(userId, logout, keep)
       } catch (err) {
         const code = String((err as { code?: unknown }).code)
-        if (/^CONNECTION_/.test(code) && !retriedClosed) {
-          retriedClosed = true
-        } else if (code === DEADLOCK && attempt < DEADLOCK_TRIES) {
-          // PostgreSQL aborted this change so that the other transaction goes on.
-          // Retried at once, it can take the first lock back before that
-          // transaction's waiting statement wakes up, and deadlock again.
-          await new Promise((resolve) => setTimeout(resolve, jitter(DEADLOCK_PAUSE_MS, 0.5)))
-        } else {
-          throw err
-        }
+        const deadlock = code === DEADLOCK
+        if (!(deadlock || /^CONNECTION_/.test(code)) || attempt >= (deadlock ? DEADLOCK_TRIES : 2)) throw err
+        // PostgreSQL aborted this change so that the other transaction goes on.
+        // Retried at once, it can take the first lock back before that
+        // transaction's waiting statement wakes up, and deadlock again.
+        if (deadlock) await new Promise((resolve) => setTimeout(resolve, jitter(DEADLOCK_PAUSE_MS, 0.5)))
       }
     }
   }
