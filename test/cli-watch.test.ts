@@ -6,6 +6,7 @@ import t, { type Test } from 'tap'
 import { EXIT_OK, main } from '../lib/cli/cli.js'
 import { watch } from '../lib/cli/watch.js'
 import { bumpSessionVersion } from '../lib/index.js'
+import { gate } from './helpers/app.js'
 import { captureIo, waitForOutput } from './helpers/cli.js'
 import { createDatabase, eventually } from './helpers/database.js'
 
@@ -112,4 +113,52 @@ t.test('a change that notified nobody (a restore with the trigger off) is shown 
   t.match(watching.lines[1], /^\S+Z {2}reconnected; session_version is 1000 \(was 1\)\n$/)
   await watching.stop()
   t.same(watching.errors, [])
+})
+
+t.test('a bump notified while a read is under way (a read that saw the table before it) is shown, by one more read', async (t) => {
+  const db3 = await createDatabase(t)
+  const name = 'session-refresh-watch-held'
+  const sql = postgres(db3.url, { max: 1, onnotice: () => {}, connection: { application_name: name } })
+  t.teardown(() => sql.end({ timeout: 1 }))
+  // A read whose answer is held back once `hold` is set: it is sent at once (its
+  // snapshot is taken now), and its rows come back when the gate opens.
+  let hold: ReturnType<typeof gate> | null = null
+  let held = 0
+  const slow = new Proxy(sql, {
+    apply (target, thisArg, args) {
+      const query = Reflect.apply(target, thisArg, args) as ReturnType<typeof sql>
+      if (hold === null || !Array.isArray(args[0])) return query
+      held++
+      query.execute()
+      const wait = hold.wait
+      return wait.then(() => query)
+    }
+  })
+  const lines: string[] = []
+  const errors: unknown[] = []
+  let stop = (): void => {}
+  const stopped = new Promise<void>((resolve) => { stop = resolve })
+  const watching = watch(slow, 'public', { out: (text) => lines.push(text), error: (err) => errors.push(err), stopped: () => stopped })
+  await eventually('watch to start', () => lines.length === 1, WAIT)
+  const heard: string[] = []
+  await sql.listen('session_refresh', (payload) => { heard.push(payload) }) // after watch's own: watch was given every payload before it
+
+  const lastRead = async () => (await db3.sql<[{ at: Date }]>`select query_start as at from pg_stat_activity where application_name = ${name} and query like '%system_settings%'`)[0]!.at.getTime()
+  const before = await lastRead()
+  const release = gate()
+  hold = release
+  await db3.sql`select pg_notify('session_refresh', 'version:1')` // a forged hint: a read starts, and sees version 1
+  await eventually('the read to be under way', () => held === 1 && heard.includes('version:1'), WAIT)
+  // Its statement has run on the server (its snapshot saw version 1); only its rows are held back here.
+  await eventually('the held read to have run', async () =>
+    (await db3.sql`select 1 from pg_stat_activity where application_name = ${name} and state = 'idle' and query like '%system_settings%'`).length === 1 &&
+    await lastRead() > before, WAIT)
+  const bumped = await bumpSessionVersion(db3.sql)
+  await eventually('the bump to reach watch while that read is held', () => heard.includes(`version:${bumped}`), WAIT)
+  hold = null
+  release.open()
+  await eventually('the bump to be shown', () => lines.some((line) => line.includes(`session_version 1 -> ${bumped} `)), 15_000)
+  stop()
+  await watching
+  t.same(errors, [])
 })

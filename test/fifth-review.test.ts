@@ -210,3 +210,25 @@ t.test('on the app\'s pool, a logoutUser that times out on a lock is not cancell
   // The wait is the check: it fails if the logout never commits.
   await eventually('the logout, left running on the app\'s pool, to commit', committed, 20_000)
 })
+
+t.test('a logoutUser whose backend is terminated while it waits (a restart, a failover) is tried once more on a new connection, and goes through', async (t) => {
+  const { app } = await buildApp(t, { url: db.url, plugin: { queryTimeout: 60_000, pollInterval: 60_000 } })
+  await app.sessionRefresh.refreshUser(540) // the writer's connection is open
+  const lock = await lockTable(t, db.sql, 'session_user_versions')
+  const logout = app.sessionRefresh.logoutUser(541)
+  logout.catch(() => {}) // awaited below; a failure shows there
+  let pid = 0
+  await eventually('logoutUser to wait for the lock', async () => {
+    const rows = await db.sql<Array<{ pid: number }>>`
+      select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%session_change_user%'`
+    pid = rows[0]?.pid ?? 0
+    return rows.length === 1
+  }, 20_000)
+  await db.sql`select pg_terminate_backend(${pid})`
+  // The retry waits for the lock too, on a backend of its own.
+  await eventually('the retry to wait for the lock', async () =>
+    (await db.sql`select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and pid <> ${pid} and query like '%session_change_user%'`).length === 1, 20_000)
+  await lock.release()
+  t.ok(await logout > 0, 'the logout went through')
+  t.match((await getMe(app, await login(app, 541))).json(), { id: 541 }, 'and a login after it stays in')
+})

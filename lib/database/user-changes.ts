@@ -18,8 +18,13 @@ export interface UserChangesOptions {
 // PostgreSQL's deadlock_detected: it aborted this transaction to let the other go on.
 const DEADLOCK = '40P01'
 const DEADLOCK_TRIES = 4
-// About how long to let the other transaction take its lock after a deadlock (±50%).
-const DEADLOCK_PAUSE_MS = 50
+// A connection lost while a change ran can fail the next query too (postgres.js
+// hands the terminated backend's last error to it): one more try after that.
+const LOST_TRIES = 3
+// PostgreSQL's admin_shutdown: the backend was terminated (a restart, a failover, pg_terminate_backend).
+const ADMIN_SHUTDOWN = '57P01'
+// About how long to wait before a retry (±50%).
+const RETRY_PAUSE_MS = 50
 
 /** What one change of a user left in the table. */
 export interface UserChange {
@@ -56,11 +61,12 @@ export class UserChanges {
   }
 
   /**
-   * Records a refresh, or a logout keeping the session `keep` names. Tried once
-   * more on a connection that was found closed (dropped after a dead link, say),
-   * and up to DEADLOCK_TRIES times in all after deadlocks (an ETL that refreshes
-   * this user and then logs another out in one transaction takes their locks in
-   * the other order): a change made twice is harmless.
+   * Records a refresh, or a logout keeping the session `keep` names. Tried
+   * again, up to LOST_TRIES times in all, when its connection was lost (dropped
+   * after a dead link, its backend terminated by a restart or a failover), and
+   * up to DEADLOCK_TRIES times after deadlocks (an ETL that refreshes this user
+   * and then logs another out in one transaction takes their locks in the other
+   * order): a change made twice is harmless.
    */
   async change (userId: string, logout: boolean, keep: KeptSession | null): Promise<UserChange> {
     for (let attempt = 1; ; attempt++) {
@@ -68,12 +74,14 @@ export class UserChanges {
         return await this.#change(userId, logout, keep)
       } catch (err) {
         const code = String((err as { code?: unknown }).code)
-        const deadlock = code === DEADLOCK
-        if (!(deadlock || /^CONNECTION_/.test(code)) || attempt >= (deadlock ? DEADLOCK_TRIES : 2)) throw err
-        // PostgreSQL aborted this change so that the other transaction goes on.
-        // Retried at once, it can take the first lock back before that
-        // transaction's waiting statement wakes up, and deadlock again.
-        if (deadlock) await new Promise((resolve) => setTimeout(resolve, jitter(DEADLOCK_PAUSE_MS, 0.5)))
+        const lost = /^CONNECTION_/.test(code) || code === ADMIN_SHUTDOWN
+        if (attempt >= (code === DEADLOCK ? DEADLOCK_TRIES : lost ? LOST_TRIES : 1)) throw err
+        // Not at once. After a deadlock, PostgreSQL aborted this change so that
+        // the other transaction goes on: retried at once, it could take the first
+        // lock back before that transaction's waiting statement wakes up, and
+        // deadlock again. A lost connection is still closing: a query sent at
+        // once would go to it, and fail again.
+        await new Promise((resolve) => setTimeout(resolve, jitter(RETRY_PAUSE_MS, 0.5)))
       }
     }
   }
