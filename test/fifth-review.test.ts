@@ -232,3 +232,15 @@ t.test('a logoutUser whose backend is terminated while it waits (a restart, a fa
   t.ok(await logout > 0, 'the logout went through')
   t.match((await getMe(app, await login(app, 541))).json(), { id: 541 }, 'and a login after it stays in')
 })
+
+t.test('a password change of a session renumbered once (it held one other id), as the first change of a new instance, keeps that session', async (t) => {
+  // The ETL renumbered 7000003 to 7000004; the first per-user change opens the instance's writer connection.
+  const { app } = await buildApp(t, { url: db.url, refresh: (s) => ({ id: s.get('id') === 7000003 ? 7000004 : s.get('id') }) })
+  app.post('/password', async (request) => ({ version: await app.sessionRefresh.logoutUser(request.session.get('id')!, { keep: request }) }))
+  const cookie = await login(app, 7000003)
+  await bumpAndWait(db.sql, { app })
+  t.match((await getMe(app, cookie)).json(), { id: 7000004 }, 'refreshed to the new id, holding the old one')
+  const changed = await app.inject({ method: 'POST', url: '/password', headers: { cookie, accept: 'application/json' } })
+  t.equal(changed.statusCode, 200, changed.body)
+  t.match((await getMe(app, cookie)).json(), { id: 7000004 }, 'the session that changed the password stays in')
+})

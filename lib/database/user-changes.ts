@@ -97,9 +97,12 @@ export class UserChanges {
     const { schema, queryTimeout } = this.#options
     // The table decides the keep, under the logout clock's lock: a logout that
     // this instance has not read yet may have ended that session already.
+    // The held ids go as JSON, not sql.array(): postgres.js sends an array of one
+    // element as a bare value on a connection that has not read the array types yet.
     const query = sql<Array<{ version: string, logout_seq: string, kept: boolean }>>`
       select version::text, logout_seq::text, kept from ${sql(schema)}.session_change_user(${userId}, ${logout},
-        ${keep?.hash ?? null}, ${keep === null ? null : String(keep.since)}::bigint, ${keep === null ? null : sql.array([...keep.held])}::text[])`
+        ${keep?.hash ?? null}, ${keep === null ? null : String(keep.since)}::bigint,
+        array(select jsonb_array_elements_text(${keep === null ? null : JSON.stringify(keep.held)}::text::jsonb)))`
     // On a connection of its own, dropped and cancelled on the server: a change
     // left waiting on a lock would commit after the caller was told it failed.
     // On the app's pool it may still commit (see cancelOnServer); the caller may retry either way.
