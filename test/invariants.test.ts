@@ -29,9 +29,15 @@ t.test('I1-I4 hold under random orders of logins, requests, bumps, logouts, rest
         await system.close()
       }
     }),
-    { numRuns: RUNS, endOnFailure: true }
+    // FSR_MODEL_SEED and FSR_MODEL_PATH replay a failure that fast-check reported.
+    { numRuns: RUNS, endOnFailure: true, ...replay() }
   )
   const ran = [...executed].map(([name, n]) => `${name} ${n}`).join(', ')
   t.comment(`${run} runs: ${ran}`)
   t.ok(run >= RUNS && executed.size >= 10, `every run passed, and most kinds of command ran: ${ran}`)
 })
+
+function replay (): { seed?: number, path?: string } {
+  const seed = process.env.FSR_MODEL_SEED
+  return seed === undefined ? {} : { seed: Number(seed), path: process.env.FSR_MODEL_PATH }
+}

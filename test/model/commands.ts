@@ -48,7 +48,13 @@ interface ModelSession {
 export interface Model {
   clock: number
   dataEpoch: number
+  /**
+   * Each user's data epoch. Every change takes a value never given out before
+   * (as the table's versions never repeat), so that no session stamped before
+   * a restore can match one given out after it.
+   */
   userEpochs: Map<UserName, number>
+  epochs: number
   users: Map<UserName, { id: number, deleted: boolean, failing: boolean }>
   sessions: ModelSession[]
   logouts: Logout[]
@@ -69,6 +75,7 @@ export function newModel (system: System): Model {
     clock: 0,
     dataEpoch: 0,
     userEpochs: new Map(USERS.map((name) => [name, 0])),
+    epochs: 0,
     users: new Map(USERS.map((name) => {
       const user = system.addUser(name)
       return [name, { id: user.id, deleted: false, failing: false }]
@@ -78,6 +85,11 @@ export function newModel (system: System): Model {
     renumbers: 0,
     snapshot: null
   }
+}
+
+/** The user's data changed: a new epoch, one never given out before. */
+function newEpoch (model: Model, user: UserName): void {
+  model.userEpochs.set(user, ++model.epochs)
 }
 
 function loggedOut (model: Model, session: ModelSession): boolean {
@@ -244,7 +256,7 @@ class RefreshUser extends Step {
     const id = model.users.get(this.user)!.id
     if (this.viaSql) await real.system.sql`select session_refresh_user(${String(id)})`
     else await real.system.apps[this.instance]!.app.sessionRefresh.refreshUser(id)
-    model.userEpochs.set(this.user, model.userEpochs.get(this.user)! + 1)
+    newEpoch(model, this.user)
   }
 
   toString (): string { return `RefreshUser(${this.user} ${this.viaSql ? 'by SQL' : `on ${this.instance}`})` }
@@ -259,7 +271,7 @@ class LogoutUser extends Step {
     if (this.viaSql) await real.system.sql`select session_logout_user(${String(id)})`
     else await real.system.apps[this.instance]!.app.sessionRefresh.logoutUser(id)
     model.logouts.push({ id, seq: ++model.clock, keep: null })
-    if (id === model.users.get(this.user)!.id) model.userEpochs.set(this.user, model.userEpochs.get(this.user)! + 1)
+    if (id === model.users.get(this.user)!.id) newEpoch(model, this.user)
   }
 
   toString (): string { return `LogoutUser(${this.user}${this.oldId > 0 ? ' by an old id' : ''} ${this.viaSql ? 'by SQL' : `on ${this.instance}`})` }
@@ -282,7 +294,7 @@ class PasswordChange extends Step {
     const seq = ++model.clock
     model.logouts.push({ id: session.lastId, seq, keep: session })
     session.authSeq = seq
-    model.userEpochs.set(session.user, model.userEpochs.get(session.user)! + 1)
+    newEpoch(model, session.user)
     session.userEpoch = model.userEpochs.get(session.user)!
   }
 
@@ -298,7 +310,7 @@ class Directory extends Step {
     inModel.failing = inReal.failing = this.change === 'fail'
     // The app tells its instances that this user's data changed.
     await real.system.apps[0]!.app.sessionRefresh.refreshUser(inModel.id)
-    model.userEpochs.set(this.user, model.userEpochs.get(this.user)! + 1)
+    newEpoch(model, this.user)
   }
 
   toString (): string { return `Directory(${this.change} ${this.user})` }
@@ -327,7 +339,16 @@ class RestoreUsers extends Step {
       if (rows.length > 0) await tx`insert into session_user_versions ${tx(rows as Array<Record<string, unknown>>)}`
     })
     model.logouts = model.logouts.filter((l) => l.seq <= clock)
-    for (const session of model.sessions) session.unsure = true
+    // The table's user versions are the snapshot's now: a session stamped with a
+    // version that a change after the snapshot gave out is stale, one stamped
+    // with what the snapshot holds is fresh again (a refreshUser undone by the
+    // restore is forgotten). The model does not track which: until its next
+    // request, either answer is right; any change after this is news to all.
+    for (const user of model.userEpochs.keys()) newEpoch(model, user)
+    for (const session of model.sessions) {
+      session.unsure = true
+      session.userEpoch = model.userEpochs.get(session.user)!
+    }
   }
 
   toString (): string { return 'RestoreUsers()' }
@@ -433,7 +454,7 @@ class Race extends Step {
       system.scheduler = null
     }
     model.logouts.push({ id, seq: ++model.clock, keep: null })
-    model.userEpochs.set(this.user, model.userEpochs.get(this.user)! + 1)
+    newEpoch(model, this.user)
   }
 
   toString (): string { return `Race(${this.picks.join(',')} with a logout of ${this.user}${this.withBump ? ' and a bump' : ''})` }
