@@ -6,7 +6,7 @@
 import http from 'node:http'
 import postgres from 'postgres'
 import t from 'tap'
-import { buildApp, bumpAndWait, gate, getMe, login } from './helpers/app.js'
+import { buildApp, bumpAndWait, failingRefresh, gate, getMe, login } from './helpers/app.js'
 import { lockTable, pluginBackendsWaitingForLock, queueTableLock } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { openEvents } from './helpers/sse.js'
@@ -38,19 +38,8 @@ t.test('a logout read while a request waits for its catch-up ends that session, 
 })
 
 t.test('onRefreshError: \'keep\' does not keep a session whose user was logged out while its refresh ran', async (t) => {
-  const started = gate()
-  const failing = gate()
-  const { app } = await buildApp(t, {
-    url: db.url,
-    plugin: { onRefreshError: 'keep' },
-    refresh: async (session) => {
-      if (session.get('id') === 502) {
-        started.open()
-        await failing.wait
-      }
-      throw new Error('the users database is down')
-    }
-  })
+  const { started, failing, refresh } = failingRefresh(502)
+  const { app } = await buildApp(t, { url: db.url, plugin: { onRefreshError: 'keep' }, refresh })
   const loggedOut = await login(app, 502)
   const kept = await login(app, 503)
   await bumpAndWait(db.sql, { app })

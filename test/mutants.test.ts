@@ -3,7 +3,7 @@
 // three: a logout that keeps this very session, read while it waited, must not end it).
 import t from 'tap'
 import { jitter, MAX_TIMER_MS } from '../lib/timeout.js'
-import { API, buildApp, bumpAndWait, gate, getMe, login } from './helpers/app.js'
+import { API, buildApp, bumpAndWait, failingRefresh, gate, getMe, login } from './helpers/app.js'
 import { lockTable } from './helpers/backends.js'
 import { createDatabase, eventually } from './helpers/database.js'
 import { openEvents } from './helpers/sse.js'
@@ -67,19 +67,8 @@ t.test('jitter never draws a delay above what Node\'s timers take, or the timer 
 })
 
 t.test('onRefreshError \'keep\': a logout that keeps this very session, read while its refresh ran, does not end it', async (t) => {
-  const started = gate()
-  const failing = gate()
-  const { app } = await buildApp(t, {
-    url: db.url,
-    plugin: { onRefreshError: 'keep' },
-    refresh: async (session) => {
-      if (session.get('id') === 801) {
-        started.open()
-        await failing.wait
-      }
-      throw new Error('the users database is down')
-    }
-  })
+  const { started, failing, refresh } = failingRefresh(801)
+  const { app } = await buildApp(t, { url: db.url, plugin: { onRefreshError: 'keep' }, refresh })
   // A password change: logs the user out everywhere but here.
   app.post('/password', { config: { sessionRefresh: false } }, async (request) =>
     ({ version: await app.sessionRefresh.logoutUser(request.session.get('id')!, { keep: request }) }))

@@ -130,3 +130,20 @@ export function gate (): { wait: Promise<void>, open: () => void } {
 export function getMe (app: FastifyInstance, cookie: string): Promise<LightMyRequestResponse> {
   return app.inject({ url: '/me', headers: { cookie, ...API } })
 }
+
+/**
+ * A `refresh` that fails, as a users database that is down: for user `id` it
+ * first waits until `failing.open()` (`started` opens once it is waiting).
+ */
+export function failingRefresh (id: number): { started: ReturnType<typeof gate>, failing: ReturnType<typeof gate>, refresh: NonNullable<BuildOptions['refresh']> } {
+  const started = gate()
+  const failing = gate()
+  const refresh: NonNullable<BuildOptions['refresh']> = async (session) => {
+    if (session.get('id') === id) {
+      started.open()
+      await failing.wait
+    }
+    throw new Error('the users database is down')
+  }
+  return { started, failing, refresh }
+}
