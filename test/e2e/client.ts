@@ -92,12 +92,16 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
       run: async () => {
         const page = await open({ autoReload: true, reloadSpread: 500 })
         await until('the stream to open', () => streams.open === 1)
+        const attempts = streams.attempts.length
         const before = loads.length
         const bumpedAt = Date.now()
         await bumpSessionVersion(sql)
         await until('the page to reload', () => loads.length > before)
         const delay = loads[loads.length - 1]! - bumpedAt
         if (delay > 500 + 5000) throw new Error(`reloaded ${delay} ms after the bump, long after reloadSpread`)
+        // Closing the page while it still loads can stall Chromium for a minute and a half
+        // (seen here): let the reloaded page open its own stream first.
+        await until('the reloaded page to open its stream', () => streams.open === 1 && streams.attempts.length > attempts)
         await page.context().close()
         await until('the stream to close', () => streams.open === 0)
       }
