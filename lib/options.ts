@@ -125,7 +125,7 @@ export interface SessionRefreshOptions {
   events?: string | false
   /**
    * Milliseconds between the comment lines that keep idle event streams open
-   * through proxies (unless the app registered @fastify/sse itself).
+   * through proxies.
    * @default 25000
    */
   eventsKeepAlive?: number

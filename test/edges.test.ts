@@ -103,7 +103,7 @@ t.test('routes registered before the plugin are still covered, through a global 
   app.post('/login', async (request) => { request.session.set('id', 135); app.sessionRefresh.stamp(request); return 'ok' })
   app.get('/me', { config: { loginRequired: true } }, async (request) => ({ id: request.session.get('id') ?? null }))
   app.get('/open', { config: { sessionRefresh: false } }, async () => 'open')
-  app.register(sessionRefresh, { connection: db.url, refresh: () => ({ id: 136 }) })
+  app.register(sessionRefresh, { connection: db.url, refresh: () => ({ id: 136 }), events: '/events' })
   await app.ready()
   t.match(warnings.find((w) => w.msg.startsWith('fastify-session-refresh was registered after some routes')), { msg: /Register it before your routes/ })
   const cookieHeader = sessionCookie(await app.inject({ method: 'POST', url: '/login' }))
@@ -111,6 +111,10 @@ t.test('routes registered before the plugin are still covered, through a global 
   await eventually('the bump', async () => (await app.inject({ url: '/me', headers: { cookie: cookieHeader, ...API } })).json().id === 136)
   t.equal((await app.inject({ url: '/me', headers: API })).statusCode, 401, 'loginRequired is read from the route config')
   await app.sessionRefresh.logoutUser(136)
+  // The event stream's script is never checked, through the global hook too: the logout is left for the next request.
+  const script = await app.inject({ url: '/events/client.js', headers: { cookie: cookieHeader } })
+  t.equal(script.statusCode, 200, 'the script, to a session that must log in again')
+  t.equal(script.headers['set-cookie'], undefined)
   // A page at the login path that this app does not serve: a 404 here, never a redirect to itself (a loop).
   const toLogin = await app.inject({ url: '/login?next=%2Fme', headers: { cookie: cookieHeader, ...PAGE } })
   t.equal(toLogin.statusCode, 404, 'the login path is never sent to log in')

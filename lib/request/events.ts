@@ -1,6 +1,7 @@
 import { fastifySSE } from '@fastify/sse'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { identityKey } from './identity.js'
+import { NO_SESSION } from './routes.js'
 import { forcedLogoutOf } from './hook.js'
 import type { LoginReason } from './login.js'
 import type { SessionAdapter, SessionFields } from './sessions.js'
@@ -22,6 +23,13 @@ export interface EventsOptions {
   view: VersionView
   clientScript: string
 }
+
+// A stream tells the browser, when it opens, how long to wait before it
+// reconnects: at random within this spread after a second, so that the pages of
+// an instance that stopped (or crashed: it could not tell them then) come back
+// over some seconds, not all in the same one.
+const RECONNECT_MS = 1000
+const RECONNECT_SPREAD_MS = 10_000
 
 /** One open stream: what its session held when it opened. */
 interface Stream {
@@ -48,6 +56,9 @@ export class EventStreams {
   // tabs, or its logins one after another, cannot take the whole instance's.
   readonly #perLogin = new Counts()
   readonly #perUser = new Counts()
+  #keepAlive: NodeJS.Timeout | undefined
+  // Set when the app starts closing: a stream set up after that would never be ended.
+  #closing = false
 
   constructor (options: EventsOptions) {
     this.#options = options
@@ -56,21 +67,41 @@ export class EventStreams {
 
   /** The route and the client script; every stream ends when the app closes. */
   async register (fastify: FastifyInstance): Promise<void> {
-    const { path, clientScript } = this.#options
-    // A comment every `keepAlive` ms keeps proxies from closing an idle stream.
-    // An app that registered @fastify/sse itself keeps its own settings.
-    if (!fastify.hasReplyDecorator('sse')) await fastify.register(fastifySSE, { heartbeatInterval: this.#options.keepAlive })
+    const { path, clientScript, keepAlive } = this.#options
+    // @fastify/sse wraps the handler of every route that has `sse` (an onRoute
+    // hook): once is enough, and an app that registered it keeps its settings.
+    if (!fastify.hasPlugin('@fastify/sse')) await fastify.register(fastifySSE)
     fastify.get(path, {
-      sse: { kind: 'only', heartbeat: true },
+      // The keep-alive is this plugin's own (below): it follows `keepAlive`
+      // whoever registered @fastify/sse, with one timer for all the streams.
+      sse: { kind: 'only', heartbeat: false },
+      // HEAD would open a stream that sends nothing and holds a place.
+      exposeHeadRoute: false,
       // No refresh (a stream saves nothing, so its writes would be lost), and a
       // session that must log in again reaches the handler emptied, to be told so.
-      config: { sessionRefresh: false, loginRoute: true }
+      config: { sessionRefresh: false, loginRoute: true },
+      // Whatever is answered instead of a stream (401, 429, 503, @fastify/sse's
+      // 406) saves nothing: a client that reconnects would store a session, or
+      // roll its cookie, each time.
+      preSerialization: async (request, _reply, payload) => {
+        (request as { session: unknown }).session = null
+        return payload
+      }
     }, (request, reply) => this.#stream(request, reply))
-    fastify.get(`${path}/client.js`, { config: { sessionRefresh: false } }, async (request, reply) => {
+    // The script is the same for everyone: it is served whatever the session,
+    // even one that must log in again, unchecked: the page's stream is then the
+    // first to meet the logout, and tells the page.
+    fastify.get(`${path}/client.js`, { config: { [NO_SESSION]: true } }, async (request, reply) => {
       (request as { session: unknown }).session = null
       return reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-cache').send(clientScript)
     })
+    this.#keepAlive = setInterval(() => {
+      // A comment line: EventSource ignores it, proxies see the stream is alive.
+      for (const stream of this.#all) if (stream.reply.sse.isConnected) stream.reply.raw.write(': heartbeat\n\n')
+    }, keepAlive).unref()
     fastify.addHook('preClose', async () => {
+      this.#closing = true
+      clearInterval(this.#keepAlive)
       for (const stream of this.#all) stream.reply.sse.close()
     })
   }
@@ -87,6 +118,7 @@ export class EventStreams {
     // A logout read after the check let this request through (while an app's
     // preHandler ran, say) would reach no stream: the page is told at once.
     if (logoutOf(stamp, key, view)?.out === true) return this.#logOut(reply, 'user-logout')
+    if (this.#closing) return this.#refuse(reply, 503, 'The server is shutting down')
     if (this.#all.size >= maxStreams || this.#perLogin.of(stamp.k) >= maxStreamsPerSession || this.#perUser.of(key) >= maxStreamsPerUser) {
       return this.#refuse(reply, 429, 'Too many open event streams')
     }
@@ -99,7 +131,8 @@ export class EventStreams {
     reply.sse.onClose(() => this.#remove(stream))
     reply.sse.keepAlive()
     // Once at the start: a page that reconnects after a while learns what it missed.
-    await reply.sse.send({ event: 'version', data: { version: view.version } })
+    const retry = RECONNECT_MS + Math.floor(Math.random() * RECONNECT_SPREAD_MS)
+    await reply.sse.send({ event: 'version', data: { version: view.version }, retry })
     if (stream.userVersion !== stamp.u) await reply.sse.send({ event: 'refresh', data: {} })
   }
 
@@ -109,11 +142,9 @@ export class EventStreams {
     reply.sse.close()
   }
 
-  #refuse (reply: FastifyReply, statusCode: number, message: string): void {
-    // Before the stream starts: a plain JSON answer, and no stream. Nothing is
-    // saved either: a client that reconnects would store a session each time.
-    (reply.request as { session: unknown }).session = null
-    reply.code(statusCode).type('application/json').send({ statusCode, error: statusCode === 401 ? 'Unauthorized' : 'Too Many Requests', message })
+  /** Before the stream starts: a plain JSON answer, and no stream. */
+  #refuse (reply: FastifyReply, statusCode: 401 | 429 | 503, message: string): void {
+    reply.code(statusCode).type('application/json').send({ statusCode, error: ERRORS[statusCode], message })
   }
 
   #add (stream: Stream): void {
@@ -163,6 +194,8 @@ export class EventStreams {
     if (stream.reply.sse.isConnected) stream.reply.sse.send({ event, data }).catch(() => {})
   }
 }
+
+const ERRORS = { 401: 'Unauthorized', 429: 'Too Many Requests', 503: 'Service Unavailable' }
 
 /** Counts by key; a key whose count falls to 0 is forgotten, so the map holds only open streams. */
 class Counts {

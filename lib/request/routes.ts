@@ -16,7 +16,15 @@ export interface RouteFlags {
   loginRoute: boolean
 }
 
+/**
+ * In a route's config: the route serves nothing of the session (the event
+ * stream's script), so the check never runs there, not even a forced logout:
+ * that is for the page's next request, or its stream, to meet and tell.
+ */
+export const NO_SESSION = Symbol('fastify-session-refresh: no session')
+
 interface RouteConfig {
+  [NO_SESSION]?: unknown
   sessionRefresh?: unknown
   loginRequired?: unknown
   loginRoute?: unknown
@@ -44,6 +52,7 @@ export function installHook (fastify: FastifyInstance, hook: SessionHook, login:
   const earlier = fastify.printRoutes({ commonPrefix: false }).trim()
   if (!/[/*]/.test(earlier)) {
     fastify.addHook('onRoute', (route: RouteOptions) => {
+      if ((route.config as RouteConfig | undefined)?.[NO_SESSION] === true) return
       const flags = routeFlags(route.config as RouteConfig | undefined, route.url, login)
       const check: onRequestHookHandler = function sessionRefresh (request, reply, done) { hook(request, reply, done, flags) }
       // First among the route's own hooks: they may read what a refresh wrote.
@@ -56,6 +65,7 @@ export function installHook (fastify: FastifyInstance, hook: SessionHook, login:
   const flagsOf = new WeakMap<object, RouteFlags>()
   fastify.addHook('onRequest', function sessionRefresh (request: FastifyRequest, reply, done) {
     const { config, url } = request.routeOptions
+    if ((config as RouteConfig)[NO_SESSION] === true) return done()
     let flags = flagsOf.get(config)
     if (flags === undefined) {
       flags = routeFlags(config as RouteConfig, url, login)

@@ -1,6 +1,7 @@
 // Reads a server-sent event stream over real HTTP, as a browser's EventSource does.
 
-export interface ServerEvent { event: string, data: string }
+/** An event as EventSource sees it; `retry` when the server set the reconnection delay with it. */
+export interface ServerEvent { event: string, data: string, retry?: number }
 
 export interface EventReader {
   status: number
@@ -35,7 +36,8 @@ export async function openEvents (url: string, cookie: string | undefined): Prom
           if (block.startsWith(':')) { events.push({ event: ':', data: block.slice(1).trim() }); continue }
           const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message'
           const data = [...block.matchAll(/^data: ?(.*)$/gm)].map((m) => m[1]).join('\n')
-          events.push({ event, data })
+          const retry = /^retry: (\d+)$/m.exec(block)?.[1]
+          events.push(retry === undefined ? { event, data } : { event, data, retry: Number(retry) })
         }
       }
     } catch {
