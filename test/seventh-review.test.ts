@@ -29,6 +29,15 @@ async function open (t: { teardown (fn: () => unknown): void }, url: string, coo
   return reader
 }
 
+/** A real memory store that counts its writes. */
+class CountingStore extends session.MemoryStore {
+  writes = 0
+  override set (...args: Parameters<session.MemoryStore['set']>): void {
+    this.writes++
+    super.set(...args)
+  }
+}
+
 /** `promise`, or a failure after `ms`: what must not hang. */
 async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
@@ -75,14 +84,6 @@ t.test('every stream gets its own random reconnection delay when it opens, so th
 })
 
 t.test('answers other than a stream (406 to a client that refuses text/event-stream) never write the session nor roll its cookie', async (t) => {
-  // A real memory store that counts its writes.
-  class CountingStore extends session.MemoryStore {
-    writes = 0
-    override set (...args: Parameters<session.MemoryStore['set']>): void {
-      this.writes++
-      super.set(...args)
-    }
-  }
   const store = new CountingStore()
   const a = await serve(t, store)
   const cookie = await login(a.app, 702)
@@ -100,6 +101,28 @@ t.test('answers other than a stream (406 to a client that refuses text/event-str
   }
   t.equal(await stored(), before, 'the stored session is untouched')
   t.equal(store.writes, writes, 'nothing stored: no session made for the anonymous requests, the logged-in one not rolled')
+})
+
+t.test('an error thrown by an app hook on the stream\'s route (a rate limiter, a failure) writes no session and rolls no cookie', async (t) => {
+  const store = new CountingStore()
+  const test = await buildApp(t, { url: db.url, sessionOptions: { store }, plugin: { events: EVENTS } })
+  test.app.addHook('preHandler', async (request) => {
+    if (request.url !== EVENTS) return
+    const limit = request.headers['x-fail'] === 'limit'
+    throw Object.assign(new Error(limit ? 'Rate limit exceeded' : 'broken'), limit ? { statusCode: 429 } : {})
+  })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}`
+  const cookie = await login(test.app, 706)
+  const writes = store.writes
+  for (const fail of ['limit', 'error']) {
+    for (const headers of [{ cookie }, {}] as Array<Record<string, string>>) {
+      const response = await fetch(url, { headers: { accept: 'text/event-stream', 'x-fail': fail, ...headers } })
+      t.equal(response.status, fail === 'limit' ? 429 : 500)
+      t.equal(response.headers.get('set-cookie'), null, `${fail}, ${'cookie' in headers ? 'logged in' : 'no session'}: no cookie`)
+    }
+  }
+  t.equal(store.writes, writes, 'nothing stored')
 })
 
 t.test('the client script is served to a session that logoutUser ended (a page rendered just before it must still load it, to be told)', async (t) => {

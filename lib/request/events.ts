@@ -81,18 +81,20 @@ export class EventStreams {
       // session that must log in again reaches the handler emptied, to be told so.
       config: { sessionRefresh: false, loginRoute: true },
       // Whatever is answered instead of a stream (401, 429, 503, @fastify/sse's
-      // 406) saves nothing: a client that reconnects would store a session, or
-      // roll its cookie, each time.
+      // 406, an error thrown by an app hook) saves nothing: a client that
+      // reconnects would store a session, or roll its cookie, each time. The
+      // default error handler skips preSerialization: onError covers it.
       preSerialization: async (request, _reply, payload) => {
-        (request as { session: unknown }).session = null
+        noSession(request)
         return payload
-      }
+      },
+      onError: async (request) => { noSession(request) }
     }, (request, reply) => this.#stream(request, reply))
     // The script is the same for everyone: it is served whatever the session,
     // even one that must log in again, unchecked: the page's stream is then the
     // first to meet the logout, and tells the page.
     fastify.get(`${path}/client.js`, { config: { [NO_SESSION]: true } }, async (request, reply) => {
-      (request as { session: unknown }).session = null
+      noSession(request)
       return reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-cache').send(clientScript)
     })
     this.#keepAlive = setInterval(() => {
@@ -193,6 +195,11 @@ export class EventStreams {
     // A stream that closed meanwhile (the client went away) drops the event.
     if (stream.reply.sse.isConnected) stream.reply.sse.send({ event, data }).catch(() => {})
   }
+}
+
+/** The request goes on without its session: the session plugin saves nothing and sends no cookie. */
+function noSession (request: FastifyRequest): void {
+  (request as { session: unknown }).session = null
 }
 
 const ERRORS = { 401: 'Unauthorized', 429: 'Too Many Requests', 503: 'Service Unavailable' }
