@@ -75,9 +75,11 @@ t.test('a page of a session that an ETL renumbered hears the logout of its old i
   t.equal((await getMe(test.app, cookie)).json().id, 185, 'renumbered from 184')
   const stream = await open(t, url, cookie)
   await eventually('the opening version', () => named(stream, 'version').length === 1)
-  await test.app.sessionRefresh.refreshUser(184) // the old id, now another user's
   await test.app.sessionRefresh.refreshUser(185)
   await eventually('the refresh of 185', () => named(stream, 'refresh').length === 1)
+  // The old id, now another user's: its change reaches the stream (filed under
+  // it too) but is not this user's, whose version the stream has already told.
+  await test.app.sessionRefresh.refreshUser(184)
   await test.app.sessionRefresh.logoutUser(184)
   await eventually('the logout of the id it held', () => named(stream, 'logout').length === 1)
   await stream.ended

@@ -175,3 +175,16 @@ t.test('eventsKeepAlive holds when the app registered @fastify/sse itself, with 
   await own.ended
   t.same(own.events.map((e) => e.data), ['"the app\'s own stream works"'])
 })
+
+t.test('a session whose stamp an app hook removed before the stream\'s handler gets 401 and no stream, never a 500', async (t) => {
+  const test = await buildApp(t, { url: db.url, plugin: { events: EVENTS } })
+  test.app.addHook('preHandler', async (request) => {
+    // An app that rewrites the session on its own, after the check let the request through.
+    if (request.url === EVENTS) request.session.set('sessionRefresh', undefined)
+  })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const reader = await open(t, `http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}`, await login(test.app, 707))
+  t.equal(reader.status, 401)
+  await reader.ended
+  t.same(reader.events, [])
+})

@@ -5,6 +5,7 @@
 import cookie from '@fastify/cookie'
 import session from '@fastify/session'
 import Fastify from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import type { Browser, Page } from 'playwright-core'
 import postgres from 'postgres'
 import sessionRefresh, { bumpSessionVersion, migrate } from '../../lib/index.js'
@@ -14,7 +15,7 @@ const WAIT_MS = 30_000
 export interface ClientStep { name: string, run: () => Promise<void> }
 
 /** Every request for the stream: when it came, whether it was refused, whether its connection is gone. */
-interface Attempt { at: number, refused: boolean, closed: boolean }
+interface Attempt { at: number, refused: boolean, closed: boolean, cookie: string }
 
 class Streams {
   readonly attempts: Attempt[] = []
@@ -24,23 +25,38 @@ class Streams {
   }
 }
 
-/** The app: a login, a page that starts the client with `options`, and the stream; counts page loads and streams. */
-async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>) {
+/** What the app saw, kept across a restart of it: page loads and streams. */
+interface Seen {
+  loads: number[]
+  streams: Streams
+  store: session.MemoryStore
+  /** When set, a stream request waits for it before its handler: to order pages' requests. */
+  hold?: (request: FastifyRequest) => Promise<void>
+}
+
+/**
+ * The app: a login, a page that starts the client with `options`, and the
+ * stream; it records what it sees in `seen`. On `port` (0: any free one), so
+ * that a new app can take the place of one that stopped.
+ */
+async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, seen: Seen, port = 0) {
   const app = Fastify()
   cleanups.push(() => app.close())
   await app.register(cookie)
-  await app.register(session, { secret: 'a test secret that is at least 32 characters long', cookie: { secure: false } })
+  await app.register(session, { secret: 'a test secret that is at least 32 characters long', cookie: { secure: false }, store: seen.store })
   await app.register(sessionRefresh, { connection: url, refresh: () => ({}), events: '/events', maxEventStreams: 1 })
-  const loads: number[] = []
-  const streams = new Streams()
+  const { loads, streams } = seen
   const attemptOf = new WeakMap<object, Attempt>()
   app.addHook('onRequest', async (request) => {
     if (request.url !== '/events') return
-    const attempt: Attempt = { at: Date.now(), refused: false, closed: false }
+    const attempt: Attempt = { at: Date.now(), refused: false, closed: false, cookie: request.headers.cookie ?? '' }
     streams.attempts.push(attempt)
     attemptOf.set(request, attempt)
     // A stream ends with its connection (EventSource.close() drops it).
     request.raw.socket.once('close', () => { attempt.closed = true })
+  })
+  app.addHook('preHandler', async (request) => {
+    if (request.url === '/events') await seen.hold?.(request)
   })
   app.addHook('onSend', async (request, reply) => {
     const attempt = attemptOf.get(request)
@@ -58,12 +74,14 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>) 
     return reply.type('text/html').send(`<!doctype html><title>page</title>
       <meta name="session-version" content="${app.sessionRefresh.version}">
       <script type="module">
+        window.stale = []
+        addEventListener('session-refresh:stale', (event) => window.stale.push(event.detail.reason))
         import { start } from '/events/client.js'
         window.stopStream = start(${options})
       </script>`)
   })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, origin: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, loads, streams }
+  await app.listen({ port, host: '127.0.0.1' })
+  return { app, port: (app.server.address() as { port: number }).port }
 }
 
 async function until (what: string, check: () => boolean | Promise<boolean>): Promise<void> {
@@ -79,14 +97,19 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
   const sql = postgres(url, { max: 1, onnotice: () => {} })
   cleanups.push(() => sql.end({ timeout: 5 }))
   await migrate(sql)
-  const { origin, loads, streams } = await clientApp(url, cleanups)
+  const seen: Seen = { loads: [], streams: new Streams(), store: new session.MemoryStore() }
+  const { loads, streams } = seen
+  let { app, port } = await clientApp(url, cleanups, seen)
+  const origin = `http://127.0.0.1:${port}`
+  const pages: Page[] = []
   const open = async (options: object): Promise<Page> => {
     const page = await (await browser.newContext()).newPage()
+    pages.push(page)
     await page.goto(`${origin}/login`)
     await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify(options))}`)
     return page
   }
-  return [
+  const steps: ClientStep[] = [
     {
       name: 'autoReload: new data reloads the page by itself, after a random delay within reloadSpread',
       run: async () => {
@@ -102,6 +125,42 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
         // Closing the page while it still loads can stall Chromium for a minute and a half
         // (seen here): let the reloaded page open its own stream first.
         await until('the reloaded page to open its stream', () => streams.open === 1 && streams.attempts.length > attempts)
+        await page.context().close()
+        await until('the stream to close', () => streams.open === 0)
+      }
+    },
+    {
+      name: 'new data shows one banner, whatever comes after it: a change of this user alone (refresh), then of everyone (version)',
+      run: async () => {
+        const page = await open({})
+        await until('the stream to open', () => streams.open === 1)
+        await app.sessionRefresh.refreshUser(1)
+        await page.locator('#session-refresh-banner').waitFor({ timeout: WAIT_MS })
+        await bumpSessionVersion(sql)
+        await app.sessionRefresh.refreshUser(1)
+        await until('the page to hear all three', async () => (await page.evaluate('window.stale.length')) === 3)
+        const reasons = await page.evaluate('window.stale')
+        if (JSON.stringify(reasons) !== '["refresh","version","refresh"]') throw new Error(`the page heard ${JSON.stringify(reasons)}`)
+        const banners = await page.locator('#session-refresh-banner').count()
+        if (banners !== 1) throw new Error(`${banners} banners`)
+        await page.context().close()
+        await until('the stream to close', () => streams.open === 0)
+      }
+    },
+    {
+      name: 'an instance that stops: its page comes back, after the delay its stream told it (1 to 11 s), to the instance that takes its place',
+      run: async () => {
+        const page = await open({ banner: false })
+        await until('the stream to open', () => streams.open === 1)
+        const attempts = streams.attempts.length
+        await app.close()
+        const stoppedAt = Date.now()
+        ;({ app } = await clientApp(url, cleanups, seen, port))
+        await until('the page to reconnect', () => streams.open === 1 && streams.attempts.length > attempts)
+        const gap = streams.attempts[attempts]!.at - stoppedAt
+        // The browser's own reconnect, after the stream's `retry`; the client's backoff (0.5 to 1 s) is only for refusals.
+        if (gap < 1000 || gap > 11_000 + 2000) throw new Error(`reconnected ${gap} ms after the stop`)
+        if (streams.attempts.length !== attempts + 1) throw new Error('more than one attempt')
         await page.context().close()
         await until('the stream to close', () => streams.open === 0)
       }
@@ -139,9 +198,39 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
         if (!(gaps[0]! < 1100 && gaps[1]! >= 950 && gaps[2]! >= 1950 && gaps[1]! < gaps[2]!)) throw new Error(`retry gaps ${gaps.join(', ')} ms do not grow as 1, 2, 4 s`)
         await holder.context().close()
         await until('the refused page to get the stream', () => streams.open === 1 && streams.attempts.at(-1)!.refused === false)
+        // Once open, a refusal starts from 1 s again: the instance stops, a new
+        // page takes the new one's one place, and this page is refused again.
+        const before = streams.attempts.length
+        const cookieOf = async (page: Page) => (await page.context().cookies()).map((c) => `${c.name}=${c.value}`).join('; ')
+        const refusedCookie = await cookieOf(refused)
+        // The new instance holds this page's first request until the new page has the place.
+        let taken = (): void => {}
+        const place = new Promise<void>((resolve) => { taken = resolve })
+        seen.hold = async (request) => { if (request.headers.cookie === refusedCookie) await place }
+        await app.close()
+        ;({ app } = await clientApp(url, cleanups, seen, port))
+        const taker = await open({ banner: false })
+        await until('the new page to hold the new instance\'s place', () => streams.open === 1 && streams.attempts.slice(before).some((a) => a.cookie !== refusedCookie && !a.refused))
+        taken()
+        const own = () => streams.attempts.slice(before).filter((a) => a.cookie === refusedCookie)
+        await until('the page to be refused, then to retry', () => own().length >= 2)
+        seen.hold = undefined
+        const [first, second] = own()
+        if (!first!.refused || second!.at - first!.at > 1100) throw new Error(`retried ${second!.at - first!.at} ms after a refusal that followed an open stream, not within 1 s`)
+        await taker.context().close()
+        await until('the refused page to get the stream again', () => streams.open === 1 && streams.attempts.at(-1)!.refused === false)
         await refused.context().close()
         await until('the stream to close', () => streams.open === 0)
       }
     }
   ]
+  // Each step starts with no page of an earlier one open, even one that failed.
+  return steps.map((step) => ({
+    name: step.name,
+    run: async () => {
+      for (const page of pages.splice(0)) await page.context().close()
+      await until('the earlier steps\' streams to close', () => streams.open === 0)
+      await step.run()
+    }
+  }))
 }
