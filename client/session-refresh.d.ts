@@ -20,5 +20,10 @@ export interface StaleDetail {
   reason: 'version' | 'refresh'
 }
 
-/** Connects to the event stream; returns a function that stops it. */
+/**
+ * Connects to the event stream; returns a function that stops it. Dispatches
+ * on `window`: `session-refresh:stale` (cancelable, with a StaleDetail) on new
+ * data, and `session-refresh:logged-out` when a page that never had a stream
+ * is refused it for want of a login (it then stops asking until it is shown again).
+ */
 export function start (options?: StartOptions): () => void

@@ -12,7 +12,11 @@
 //   reloads after a random delay of up to `reloadSpread` ms, so that many open
 //   tabs do not reload in the same second;
 // - reconnects with backoff, stops while the page has been hidden for
-//   `hiddenTimeout` ms, and resumes when it is shown again.
+//   `hiddenTimeout` ms, and resumes when it is shown again;
+// - when the stream is refused for want of a login (401): sends a page whose
+//   stream was open before (its session ended: expired, or logged out in
+//   another tab) to the login page; a page that never had one stops trying
+//   (until it is shown again) and dispatches `session-refresh:logged-out`.
 
 /**
  * @typedef {object} StartOptions
@@ -27,6 +31,7 @@
  */
 
 const STALE = 'session-refresh:stale'
+const LOGGED_OUT = 'session-refresh:logged-out'
 const BANNER_ID = 'session-refresh-banner'
 
 /**
@@ -45,7 +50,11 @@ export function start (options = {}) {
   }
   /** @type {EventSource | null} */
   let source = null
+  /** @type {AbortController | null} */
+  let probing = null
   let attempt = 0
+  // The stream opened once: the page was logged in.
+  let connected = false
   const meta = document.querySelector('meta[name="session-version"]')?.getAttribute('content')
   let firstVersion = /** @type {number | null} */ (options.version ?? (meta ? Number(meta) : null))
   let retry = /** @type {ReturnType<typeof setTimeout> | undefined} */ (undefined)
@@ -53,9 +62,12 @@ export function start (options = {}) {
   let stopped = false
 
   const connect = () => {
-    if (stopped || source !== null) return
+    if (stopped || source !== null || probing !== null) return
     source = new EventSource(settings.url, { withCredentials: true })
-    source.addEventListener('open', () => { attempt = 0 })
+    source.addEventListener('open', () => {
+      attempt = 0
+      connected = true
+    })
     source.addEventListener('version', (event) => {
       const { version } = JSON.parse(event.data)
       // Without the page's own version, the first one tells it; any other one is news.
@@ -65,23 +77,61 @@ export function start (options = {}) {
     source.addEventListener('refresh', () => stale('refresh'))
     source.addEventListener('logout', (event) => {
       const { loginUrl, reason } = JSON.parse(event.data)
-      disconnect()
-      stopped = true
-      const separator = loginUrl.includes('?') ? '&' : '?'
-      location.assign(`${loginUrl}${separator}next=${encodeURIComponent(location.pathname + location.search)}&reason=${reason}`)
+      toLogin(loginUrl, reason)
     })
     source.addEventListener('error', () => {
-      // EventSource retries a dropped connection by itself, but gives up on an
-      // HTTP error (401, 429): then retry here, with backoff.
+      // EventSource retries a dropped connection by itself (after the delay the
+      // stream told it), but gives up on an HTTP error (401, 429, 503), whose
+      // status it does not tell: then ask again here, with backoff.
       if (source?.readyState !== EventSource.CLOSED) return
       disconnect()
-      const delay = Math.min(60_000, 1000 * 2 ** attempt++) * (0.5 + Math.random() / 2)
-      retry = setTimeout(connect, delay)
+      later(probe)
     })
+  }
+
+  const later = (next) => {
+    const delay = Math.min(60_000, 1000 * 2 ** attempt++) * (0.5 + Math.random() / 2)
+    retry = setTimeout(next, delay)
+  }
+
+  // Asks the stream's route with fetch(), which tells the status, whether it
+  // would open a stream now (`?check`: 204 instead of a stream, so it takes no
+  // place): if so, opens it again; 401 means no login.
+  const probe = () => {
+    const controller = new AbortController()
+    probing = controller
+    const url = new URL(settings.url, location.href)
+    url.searchParams.set('check', '')
+    fetch(url, { headers: { accept: 'text/event-stream' }, credentials: 'same-origin', signal: controller.signal })
+      .then(async (response) => {
+        const body = response.status === 401 ? await response.json().catch(() => null) : null
+        // A 200 is a stream after all (a logout to tell): EventSource reads it.
+        controller.abort()
+        if (probing !== controller) return
+        probing = null
+        if (response.ok) connect()
+        else if (response.status !== 401) later(probe)
+        else if (connected && typeof body?.loginUrl === 'string') toLogin(body.loginUrl, 'not-logged-in')
+        else window.dispatchEvent(new CustomEvent(LOGGED_OUT))
+      }, () => {
+        // Stopped meanwhile (disconnect() aborted it), or the network failed: then try again.
+        if (probing !== controller) return
+        probing = null
+        later(probe)
+      })
+  }
+
+  const toLogin = (loginUrl, reason) => {
+    disconnect()
+    stopped = true
+    const separator = loginUrl.includes('?') ? '&' : '?'
+    location.assign(`${loginUrl}${separator}next=${encodeURIComponent(location.pathname + location.search)}&reason=${reason}`)
   }
 
   const disconnect = () => {
     clearTimeout(retry)
+    probing?.abort()
+    probing = null
     source?.close()
     source = null
   }

@@ -188,3 +188,21 @@ t.test('a session whose stamp an app hook removed before the stream\'s handler g
   await reader.ended
   t.same(reader.events, [])
 })
+
+t.test('?check answers as the stream would (401 with where to log in, 429), or 204 instead of opening one: it takes no place and writes nothing', async (t) => {
+  const store = new CountingStore()
+  const a = await serve(t, store, { maxEventStreamsPerSession: 1 })
+  const check = (cookie?: string) => fetch(`${a.url}?check`, { headers: { accept: 'text/event-stream', ...(cookie === undefined ? {} : { cookie }) } })
+  const anonymous = await check()
+  t.equal(anonymous.status, 401)
+  t.match(await anonymous.json(), { statusCode: 401, reason: 'not-logged-in', loginUrl: '/login' }, 'the browser client sends a page that was logged in there')
+  const cookie = await login(a.app, 708)
+  const writes = store.writes
+  const fine = await check(cookie)
+  t.equal(fine.status, 204)
+  t.equal(fine.headers.get('set-cookie'), null)
+  const reader = await open(t, a.url, cookie)
+  t.equal(reader.status, 200, 'the check took no place: the session\'s one is free')
+  t.equal((await check(cookie)).status, 429, 'now it is taken')
+  t.equal(store.writes, writes, 'nothing stored')
+})

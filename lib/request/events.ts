@@ -115,7 +115,7 @@ export class EventStreams {
     const session = adapter.sessionOf(request)
     const identity = session === null ? null : identify(session, request)
     const stamp = asStamp(session?.get(stampField))
-    if (identity == null || stamp === null) return this.#refuse(reply, 401, 'Please log in')
+    if (identity == null || stamp === null) return this.#refuse(reply, 401, 'Please log in', { reason: 'not-logged-in', loginUrl: this.#options.loginUrl })
     const key = identityKey(identity)
     // A logout read after the check let this request through (while an app's
     // preHandler ran, say) would reach no stream: the page is told at once.
@@ -123,6 +123,13 @@ export class EventStreams {
     if (this.#closing) return this.#refuse(reply, 503, 'The server is shutting down')
     if (this.#all.size >= maxStreams || this.#perLogin.of(stamp.k) >= maxStreamsPerSession || this.#perUser.of(key) >= maxStreamsPerUser) {
       return this.#refuse(reply, 429, 'Too many open event streams')
+    }
+    // The browser client asks this after a refusal, to learn the status that
+    // EventSource hides: the answer a stream would get, but no stream.
+    if ((request.query as { check?: unknown }).check !== undefined) {
+      noSession(request) // an empty answer skips preSerialization
+      reply.code(204).send()
+      return
     }
     // A client gone before the handler ran (while an app hook awaited) never
     // closes again: @fastify/sse would never tell, and its stream would hold its
@@ -145,8 +152,8 @@ export class EventStreams {
   }
 
   /** Before the stream starts: a plain JSON answer, and no stream. */
-  #refuse (reply: FastifyReply, statusCode: 401 | 429 | 503, message: string): void {
-    reply.code(statusCode).type('application/json').send({ statusCode, error: ERRORS[statusCode], message })
+  #refuse (reply: FastifyReply, statusCode: 401 | 429 | 503, message: string, extra: object = {}): void {
+    reply.code(statusCode).type('application/json').send({ statusCode, error: ERRORS[statusCode], message, ...extra })
   }
 
   #add (stream: Stream): void {

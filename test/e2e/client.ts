@@ -48,7 +48,8 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, 
   const { loads, streams } = seen
   const attemptOf = new WeakMap<object, Attempt>()
   app.addHook('onRequest', async (request) => {
-    if (request.url !== '/events') return
+    // The stream, and the client's checks after a refusal (/events?check).
+    if (request.url.split('?')[0] !== '/events') return
     const attempt: Attempt = { at: Date.now(), refused: false, closed: false, cookie: request.headers.cookie ?? '' }
     streams.attempts.push(attempt)
     attemptOf.set(request, attempt)
@@ -56,7 +57,7 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, 
     request.raw.socket.once('close', () => { attempt.closed = true })
   })
   app.addHook('preHandler', async (request) => {
-    if (request.url === '/events') await seen.hold?.(request)
+    if (request.url.split('?')[0] === '/events') await seen.hold?.(request)
   })
   app.addHook('onSend', async (request, reply) => {
     const attempt = attemptOf.get(request)
@@ -67,6 +68,10 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, 
     app.sessionRefresh.stamp(request)
     return 'ok'
   })
+  app.get('/logout', async (request) => {
+    await request.session.destroy()
+    return 'logged out'
+  })
   app.get<{ Querystring: { options?: string } }>('/page', async (request, reply) => {
     loads.push(Date.now())
     const options = request.query.options ?? '{}'
@@ -76,6 +81,8 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, 
       <script type="module">
         window.stale = []
         addEventListener('session-refresh:stale', (event) => window.stale.push(event.detail.reason))
+        window.loggedOut = 0
+        addEventListener('session-refresh:logged-out', () => window.loggedOut++)
         import { start } from '/events/client.js'
         window.stopStream = start(${options})
       </script>`)
@@ -163,6 +170,38 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
         if (streams.attempts.length !== attempts + 1) throw new Error('more than one attempt')
         await page.context().close()
         await until('the stream to close', () => streams.open === 0)
+      }
+    },
+    {
+      name: 'a page whose session ended while its stream was open (the app\'s logout in another tab) goes to log in when the stream comes back refused (401)',
+      run: async () => {
+        const page = await open({ banner: false })
+        await until('the stream to open', () => streams.open === 1)
+        // The app's own logout, in another tab of the same browser.
+        const other = await page.context().newPage()
+        await other.goto(`${origin}/logout`)
+        await other.close()
+        // The stream was authorised when it opened; it stays until it drops, here with the instance.
+        await app.close()
+        ;({ app } = await clientApp(url, cleanups, seen, port))
+        await page.waitForURL(/\/login\?next=%2Fpage%3Foptions%3D.*&reason=not-logged-in$/, { timeout: WAIT_MS })
+      }
+    },
+    {
+      name: 'a page that never had a login stops asking after a 401, tells the app, and asks again when it is shown',
+      run: async () => {
+        const page = await (await browser.newContext()).newPage()
+        pages.push(page)
+        const from = streams.attempts.length
+        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        const told = (times: number) => until(`the page to be told ${times} time(s)`, async () => (await page.evaluate('window.loggedOut')) === times)
+        await told(1)
+        // The stream, then the check that told the 401: nothing more.
+        if (streams.attempts.length - from !== 2) throw new Error(`${streams.attempts.length - from} requests, not 2`)
+        await page.evaluate(`document.dispatchEvent(new Event('visibilitychange'))`)
+        await told(2)
+        if (streams.attempts.length - from !== 4) throw new Error(`${streams.attempts.length - from} requests after it was shown again, not 4`)
+        if (!page.url().startsWith(`${origin}/page?`)) throw new Error(`sent to ${page.url()}`)
       }
     },
     {
