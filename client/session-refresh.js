@@ -53,8 +53,9 @@ export function start (options = {}) {
   /** @type {AbortController | null} */
   let probing = null
   let attempt = 0
-  // The stream opened once: the page was logged in.
-  let connected = false
+  // The server let this page past its login check once (a stream opened, or a
+  // check got further): a 401 after that means the page's session ended.
+  let loggedIn = false
   const meta = document.querySelector('meta[name="session-version"]')?.getAttribute('content')
   let firstVersion = /** @type {number | null} */ (options.version ?? (meta ? Number(meta) : null))
   let retry = /** @type {ReturnType<typeof setTimeout> | undefined} */ (undefined)
@@ -63,10 +64,12 @@ export function start (options = {}) {
 
   const connect = () => {
     if (stopped || source !== null || probing !== null) return
+    // Shown again while a check waited: the stream now, and no check beside it.
+    clearTimeout(retry)
     source = new EventSource(settings.url, { withCredentials: true })
     source.addEventListener('open', () => {
       attempt = 0
-      connected = true
+      loggedIn = true
     })
     source.addEventListener('version', (event) => {
       const { version } = JSON.parse(event.data)
@@ -96,23 +99,23 @@ export function start (options = {}) {
 
   // Asks the stream's route with fetch(), which tells the status, whether it
   // would open a stream now (`?check`: 204 instead of a stream, so it takes no
-  // place): if so, opens it again; 401 means no login.
+  // place): if so, opens it again; 401 means no login (see loggedOut).
   const probe = () => {
     const controller = new AbortController()
     probing = controller
     const url = new URL(settings.url, location.href)
     url.searchParams.set('check', '')
-    fetch(url, { headers: { accept: 'text/event-stream' }, credentials: 'same-origin', signal: controller.signal })
+    fetch(url, { headers: { accept: 'text/event-stream' }, credentials: 'include', signal: controller.signal })
       .then(async (response) => {
         const body = response.status === 401 ? await response.json().catch(() => null) : null
-        // A 200 is a stream after all (a logout to tell): EventSource reads it.
+        // Nothing more is read (a server without `?check` would send a stream).
         controller.abort()
         if (probing !== controller) return
         probing = null
+        if (response.status === 401) return loggedOut(body)
+        loggedIn = true
         if (response.ok) connect()
-        else if (response.status !== 401) later(probe)
-        else if (connected && typeof body?.loginUrl === 'string') toLogin(body.loginUrl, 'not-logged-in')
-        else window.dispatchEvent(new CustomEvent(LOGGED_OUT))
+        else later(probe)
       }, () => {
         // Stopped meanwhile (disconnect() aborted it), or the network failed: then try again.
         if (probing !== controller) return
@@ -121,11 +124,22 @@ export function start (options = {}) {
       })
   }
 
+  // A 401: this user was logged out (logoutUser), or a page that was let in
+  // lost its session; either goes to log in. A page never let in stays, and says so.
+  const loggedOut = (body) => {
+    const loginUrl = typeof body?.loginUrl === 'string' ? body.loginUrl : null
+    const reason = typeof body?.reason === 'string' ? body.reason : 'not-logged-in'
+    if (loginUrl !== null && (reason !== 'not-logged-in' || loggedIn)) return toLogin(loginUrl, reason)
+    // Until it is shown again; then from the first delay.
+    attempt = 0
+    window.dispatchEvent(new CustomEvent(LOGGED_OUT))
+  }
+
   const toLogin = (loginUrl, reason) => {
     disconnect()
     stopped = true
     const separator = loginUrl.includes('?') ? '&' : '?'
-    location.assign(`${loginUrl}${separator}next=${encodeURIComponent(location.pathname + location.search)}&reason=${reason}`)
+    location.assign(`${loginUrl}${separator}next=${encodeURIComponent(location.pathname + location.search)}&reason=${encodeURIComponent(reason)}`)
   }
 
   const disconnect = () => {

@@ -205,4 +205,29 @@ t.test('?check answers as the stream would (401 with where to log in, 429), or 2
   t.equal(reader.status, 200, 'the check took no place: the session\'s one is free')
   t.equal((await check(cookie)).status, 429, 'now it is taken')
   t.equal(store.writes, writes, 'nothing stored')
+  // A logout to tell: said in the answer, which the client reads (a stream it would not).
+  await a.app.sessionRefresh.logoutUser(708)
+  const out = await check(cookie)
+  t.equal(out.status, 401)
+  t.match(await out.json(), { reason: 'user-logout', loginUrl: '/login' })
+})
+
+t.test('?check of a session whose logout was read after the check let it through says so too (401 user-logout)', async (t) => {
+  const test = await buildApp(t, { url: db.url, plugin: { events: EVENTS } })
+  const inHook = gate()
+  const hold = gate()
+  test.app.addHook('preHandler', async (request) => {
+    if (!request.url.startsWith(`${EVENTS}?`)) return
+    inHook.open()
+    await hold.wait
+  })
+  await test.app.listen({ port: 0, host: '127.0.0.1' })
+  const cookie = await login(test.app, 709)
+  const checking = fetch(`http://127.0.0.1:${(test.app.server.address() as { port: number }).port}${EVENTS}?check`, { headers: { accept: 'text/event-stream', cookie } })
+  await inHook.wait
+  await test.app.sessionRefresh.logoutUser(709)
+  hold.open()
+  const response = await checking
+  t.equal(response.status, 401)
+  t.match(await response.json(), { reason: 'user-logout' })
 })

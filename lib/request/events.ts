@@ -110,23 +110,24 @@ export class EventStreams {
 
   async #stream (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const { adapter, identify, stampField, view, maxStreams, maxStreamsPerSession, maxStreamsPerUser } = this.#options
+    // The browser client asks `?check` after a refusal, to learn the status that
+    // EventSource hides: the answer a stream would get, but 204 for a stream.
+    const checking = (request.query as { check?: unknown }).check !== undefined
     const forced = forcedLogoutOf(request)
-    if (forced !== null) return this.#logOut(reply, forced)
+    if (forced !== null) return this.#logOut(reply, forced, checking)
     const session = adapter.sessionOf(request)
     const identity = session === null ? null : identify(session, request)
     const stamp = asStamp(session?.get(stampField))
-    if (identity == null || stamp === null) return this.#refuse(reply, 401, 'Please log in', { reason: 'not-logged-in', loginUrl: this.#options.loginUrl })
+    if (identity == null || stamp === null) return this.#logOut(reply, 'not-logged-in', true)
     const key = identityKey(identity)
     // A logout read after the check let this request through (while an app's
     // preHandler ran, say) would reach no stream: the page is told at once.
-    if (logoutOf(stamp, key, view)?.out === true) return this.#logOut(reply, 'user-logout')
+    if (logoutOf(stamp, key, view)?.out === true) return this.#logOut(reply, 'user-logout', checking)
     if (this.#closing) return this.#refuse(reply, 503, 'The server is shutting down')
     if (this.#all.size >= maxStreams || this.#perLogin.of(stamp.k) >= maxStreamsPerSession || this.#perUser.of(key) >= maxStreamsPerUser) {
       return this.#refuse(reply, 429, 'Too many open event streams')
     }
-    // The browser client asks this after a refusal, to learn the status that
-    // EventSource hides: the answer a stream would get, but no stream.
-    if ((request.query as { check?: unknown }).check !== undefined) {
+    if (checking) {
       noSession(request) // an empty answer skips preSerialization
       reply.code(204).send()
       return
@@ -145,9 +146,14 @@ export class EventStreams {
     if (stream.userVersion !== stamp.u) await reply.sse.send({ event: 'refresh', data: {} })
   }
 
-  /** Tells the page to log in again, and ends the stream. */
-  async #logOut (reply: FastifyReply, reason: LoginReason): Promise<void> {
-    await reply.sse.send({ event: 'logout', data: { reason, loginUrl: this.#options.loginUrl } })
+  /**
+   * Tells the page to log in again: a `logout` event that ends the stream, or
+   * before any stream (no login, a check) a 401 that says why and where.
+   */
+  async #logOut (reply: FastifyReply, reason: LoginReason, before: boolean): Promise<void> {
+    const { loginUrl } = this.#options
+    if (before) return this.#refuse(reply, 401, 'Please log in', { reason, loginUrl })
+    await reply.sse.send({ event: 'logout', data: { reason, loginUrl } })
     reply.sse.close()
   }
 

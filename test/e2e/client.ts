@@ -59,6 +59,14 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, 
   app.addHook('preHandler', async (request) => {
     if (request.url.split('?')[0] === '/events') await seen.hold?.(request)
   })
+  // Pages of another origin on this site (another port of localhost) may use
+  // the stream and the script, with the user's cookie.
+  app.addHook('onRequest', async (request, reply) => {
+    const origin = request.headers.origin
+    if (origin !== undefined && /^http:\/\/localhost:\d+$/.test(origin)) {
+      reply.header('access-control-allow-origin', origin).header('access-control-allow-credentials', 'true').header('vary', 'origin')
+    }
+  })
   app.addHook('onSend', async (request, reply) => {
     const attempt = attemptOf.get(request)
     if (attempt !== undefined && reply.statusCode !== 200) attempt.refused = true
@@ -109,6 +117,7 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
   let { app, port } = await clientApp(url, cleanups, seen)
   const origin = `http://127.0.0.1:${port}`
   const pages: Page[] = []
+  const cookieOf = async (page: Page) => (await page.context().cookies()).map((c) => `${c.name}=${c.value}`).join('; ')
   const open = async (options: object): Promise<Page> => {
     const page = await (await browser.newContext()).newPage()
     pages.push(page)
@@ -205,6 +214,89 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
       }
     },
     {
+      name: 'a page refused (429) whose user is then logged out everywhere goes to log in, told by the check after the refusal',
+      run: async () => {
+        const holder = await open({ banner: false })
+        await until('the first page to hold the one stream', () => streams.open === 1)
+        const from = streams.attempts.length
+        const refused = await open({ banner: false })
+        const refusedCookie = await cookieOf(refused)
+        await until('the page to be refused', () => streams.attempts.slice(from).some((a) => a.cookie === refusedCookie && a.refused))
+        await app.sessionRefresh.logoutUser(1)
+        for (const page of [refused, holder]) await page.waitForURL(/\/login\?next=%2Fpage%3Foptions%3D.*&reason=user-logout$/, { timeout: WAIT_MS })
+      }
+    },
+    {
+      name: 'a page refused (429) since it loaded, whose session then ended (the app\'s logout in another tab), goes to log in: the check had let it past the login',
+      run: async () => {
+        const holder = await open({ banner: false })
+        await until('the first page to hold the one stream', () => streams.open === 1)
+        const from = streams.attempts.length
+        const refused = await open({ banner: false })
+        const refusedCookie = await cookieOf(refused)
+        await until('the page\'s check (a 429)', () => streams.attempts.slice(from).filter((a) => a.cookie === refusedCookie).length >= 2)
+        const other = await refused.context().newPage()
+        await other.goto(`${origin}/logout`)
+        await other.close()
+        await refused.waitForURL(/\/login\?next=%2Fpage%3Foptions%3D.*&reason=not-logged-in$/, { timeout: WAIT_MS })
+        await holder.context().close()
+      }
+    },
+    {
+      name: 'a page on another origin of the site (the stream on another port) keeps its login through a refusal: its check sends the cookie',
+      run: async () => {
+        const holder = await open({ banner: false })
+        await until('the first page to hold the one stream', () => streams.open === 1)
+        const pageHost = Fastify()
+        cleanups.push(() => pageHost.close())
+        pageHost.get('/page', async (_request, reply) => reply.type('text/html').send(`<!doctype html><title>elsewhere</title>
+          <script type="module">
+            window.loggedOut = 0
+            addEventListener('session-refresh:logged-out', () => window.loggedOut++)
+            import { start } from 'http://localhost:${port}/events/client.js'
+            start({ url: 'http://localhost:${port}/events', banner: false })
+          </script>`))
+        await pageHost.listen({ port: 0, host: '127.0.0.1' })
+        const page = await (await browser.newContext()).newPage()
+        pages.push(page)
+        await page.goto(`http://localhost:${port}/login`)
+        const cookie = await cookieOf(page)
+        const from = streams.attempts.length
+        await page.goto(`http://localhost:${(pageHost.server.address() as { port: number }).port}/page`)
+        // Refused, then checked with the cookie (429, not 401): still waiting for a place.
+        await until('the page\'s check', () => streams.attempts.slice(from).filter((a) => a.cookie === cookie).length >= 2)
+        await holder.context().close()
+        await until('the page to get the stream', () => streams.open === 1 && streams.attempts.at(-1)!.cookie === cookie && !streams.attempts.at(-1)!.refused)
+        if (await page.evaluate('window.loggedOut') !== 0) throw new Error('the page took itself for logged out')
+        await pageHost.close()
+      }
+    },
+    {
+      name: 'a refused page shown again opens its stream, and the check it was waiting to make is not made',
+      run: async () => {
+        const holder = await open({ banner: false })
+        await until('the first page to hold the one stream', () => streams.open === 1)
+        const page = await (await browser.newContext()).newPage()
+        pages.push(page)
+        // The page's timers are the test's: its backoff waits until told.
+        await page.clock.install()
+        const checks: string[] = []
+        page.on('request', (request) => { if (request.url().includes('/events?check')) checks.push(request.url()) })
+        await page.goto(`${origin}/login`)
+        const cookie = await cookieOf(page)
+        const from = streams.attempts.length
+        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await until('the page to be refused', () => streams.attempts.slice(from).some((a) => a.cookie === cookie && a.refused))
+        await holder.context().close()
+        await until('the holder\'s stream to close', () => streams.open === 0)
+        await page.evaluate(`document.dispatchEvent(new Event('visibilitychange'))`)
+        await until('the page to get the stream', () => streams.open === 1 && streams.attempts.at(-1)!.cookie === cookie)
+        // Every delay the backoff could have been waiting for, and more.
+        await page.clock.runFor(120_000)
+        if (checks.length !== 0) throw new Error(`${checks.length} checks made beside an open stream`)
+      }
+    },
+    {
       name: 'a page hidden for hiddenTimeout closes its stream, and opens it again when shown',
       run: async () => {
         const page = await open({ hiddenTimeout: 200, banner: false })
@@ -240,7 +332,6 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
         // Once open, a refusal starts from 1 s again: the instance stops, a new
         // page takes the new one's one place, and this page is refused again.
         const before = streams.attempts.length
-        const cookieOf = async (page: Page) => (await page.context().cookies()).map((c) => `${c.name}=${c.value}`).join('; ')
         const refusedCookie = await cookieOf(refused)
         // The new instance holds this page's first request until the new page has the place.
         let taken = (): void => {}
