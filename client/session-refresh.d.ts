@@ -23,7 +23,7 @@ export interface StaleDetail {
 /**
  * Connects to the event stream; returns a function that stops it. Dispatches
  * on `window`: `session-refresh:stale` (cancelable, with a StaleDetail) on new
- * data, and `session-refresh:logged-out` when a page that never had a stream
- * is refused it for want of a login (it then stops asking until it is shown again).
+ * data, and `session-refresh:logged-out` when a page that the server never let
+ * in is refused the stream for want of a login (it then stops asking until it is shown again).
  */
 export function start (options?: StartOptions): () => void

@@ -13,10 +13,10 @@
 //   tabs do not reload in the same second;
 // - reconnects with backoff, stops while the page has been hidden for
 //   `hiddenTimeout` ms, and resumes when it is shown again;
-// - when the stream is refused for want of a login (401): sends a page whose
-//   stream was open before (its session ended: expired, or logged out in
-//   another tab) to the login page; a page that never had one stops trying
-//   (until it is shown again) and dispatches `session-refresh:logged-out`.
+// - when the stream is refused with 401: sends the page to log in if it tells a
+//   logout of the user, or if the server had let the page in before (its
+//   session ended: expired, or logged out in another tab); a page never let in
+//   stops trying (until it is shown again) and dispatches `session-refresh:logged-out`.
 
 /**
  * @typedef {object} StartOptions
