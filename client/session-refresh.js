@@ -32,6 +32,7 @@
 
 const STALE = 'session-refresh:stale'
 const LOGGED_OUT = 'session-refresh:logged-out'
+const CHECK_TIMEOUT_MS = 10_000
 const BANNER_ID = 'session-refresh-banner'
 
 /**
@@ -53,8 +54,9 @@ export function start (options = {}) {
   /** @type {AbortController | null} */
   let probing = null
   let attempt = 0
-  // The server let this page past its login check once (a stream opened, or a
-  // check got further): a 401 after that means the page's session ended.
+  // The server let this page past its login check once (a stream opened, a
+  // check got 204, or the plugin's own 429 or 503): a 401 after that means the
+  // page's session ended.
   let loggedIn = false
   const meta = document.querySelector('meta[name="session-version"]')?.getAttribute('content')
   let firstVersion = /** @type {number | null} */ (options.version ?? (meta ? Number(meta) : null))
@@ -105,19 +107,24 @@ export function start (options = {}) {
     probing = controller
     const url = new URL(settings.url, location.href)
     url.searchParams.set('check', '')
+    // A check that gets no answer (a connection gone dark) is given up.
+    const timeout = setTimeout(() => controller.abort(), CHECK_TIMEOUT_MS)
     fetch(url, { headers: { accept: 'text/event-stream' }, credentials: 'include', signal: controller.signal })
       .then(async (response) => {
-        const body = response.status === 401 ? await response.json().catch(() => null) : null
+        const json = response.headers.get('content-type')?.startsWith('application/json') === true
+        const body = json ? await response.json().catch(() => null) : null
         // Nothing more is read (a server without `?check` would send a stream).
+        clearTimeout(timeout)
         controller.abort()
         if (probing !== controller) return
         probing = null
         if (response.status === 401) return loggedOut(body)
-        loggedIn = true
+        if (response.status === 204 || body?.loggedIn === true) loggedIn = true
         if (response.ok) connect()
         else later(probe)
       }, () => {
-        // Stopped meanwhile (disconnect() aborted it), or the network failed: then try again.
+        clearTimeout(timeout)
+        // Stopped meanwhile (disconnect() aborted it), or the network failed or timed out: then try again.
         if (probing !== controller) return
         probing = null
         later(probe)

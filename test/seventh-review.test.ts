@@ -203,7 +203,10 @@ t.test('?check answers as the stream would (401 with where to log in, 429), or 2
   t.equal(fine.headers.get('set-cookie'), null)
   const reader = await open(t, a.url, cookie)
   t.equal(reader.status, 200, 'the check took no place: the session\'s one is free')
-  t.equal((await check(cookie)).status, 429, 'now it is taken')
+  const taken = await check(cookie)
+  t.equal(taken.status, 429, 'now it is taken')
+  t.match(await taken.json(), { loggedIn: true }, 'past the login: the client tells it from a proxy\'s or a rate limiter\'s 429')
+  t.notOk('loggedIn' in (await (await check()).json() as object), 'a 401 says no such thing')
   t.equal(store.writes, writes, 'nothing stored')
   // A logout to tell: said in the answer, which the client reads (a stream it would not).
   await a.app.sessionRefresh.logoutUser(708)

@@ -123,9 +123,10 @@ export class EventStreams {
     // A logout read after the check let this request through (while an app's
     // preHandler ran, say) would reach no stream: the page is told at once.
     if (logoutOf(stamp, key, view)?.out === true) return this.#logOut(reply, 'user-logout', checking)
-    if (this.#closing) return this.#refuse(reply, 503, 'The server is shutting down')
+    // Past the login: said in the answer, since a proxy or another hook may answer 429 or 503 too.
+    if (this.#closing) return this.#refuse(reply, 503, 'The server is shutting down', { loggedIn: true })
     if (this.#all.size >= maxStreams || this.#perLogin.of(stamp.k) >= maxStreamsPerSession || this.#perUser.of(key) >= maxStreamsPerUser) {
-      return this.#refuse(reply, 429, 'Too many open event streams')
+      return this.#refuse(reply, 429, 'Too many open event streams', { loggedIn: true })
     }
     if (checking) {
       noSession(request) // an empty answer skips preSerialization

@@ -32,6 +32,8 @@ interface Seen {
   store: session.MemoryStore
   /** When set, a stream request waits for it before its handler: to order pages' requests. */
   hold?: (request: FastifyRequest) => Promise<void>
+  /** When set and true for a request, it is answered 429 before the plugin sees it, as a rate limiter would. */
+  limit?: (request: FastifyRequest) => boolean
 }
 
 /**
@@ -56,8 +58,10 @@ async function clientApp (url: string, cleanups: Array<() => Promise<unknown>>, 
     // A stream ends with its connection (EventSource.close() drops it).
     request.raw.socket.once('close', () => { attempt.closed = true })
   })
-  app.addHook('preHandler', async (request) => {
-    if (request.url.split('?')[0] === '/events') await seen.hold?.(request)
+  app.addHook('preHandler', async (request, reply) => {
+    if (request.url.split('?')[0] !== '/events') return
+    await seen.hold?.(request)
+    if (seen.limit?.(request) === true) return reply.code(429).send({ statusCode: 429, error: 'Too Many Requests', message: 'Rate limit exceeded' })
   })
   // Pages of another origin on this site (another port of localhost) may use
   // the stream and the script, with the user's cookie.
@@ -294,6 +298,50 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
         // Every delay the backoff could have been waiting for, and more.
         await page.clock.runFor(120_000)
         if (checks.length !== 0) throw new Error(`${checks.length} checks made beside an open stream`)
+      }
+    },
+    {
+      name: 'a 429 from something else than the plugin (a rate limiter) tells nothing of the login: a page never logged in still stays, and says so',
+      run: async () => {
+        const page = await (await browser.newContext()).newPage()
+        pages.push(page)
+        let limited = 0
+        // Its first check is answered by "a rate limiter"; the next one by the plugin (401).
+        seen.limit = (request) => request.url.includes('check') && limited++ === 0
+        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await until('the page to be told', async () => (await page.evaluate('window.loggedOut')) === 1)
+        seen.limit = undefined
+        if (limited < 2) throw new Error('the limited check was not followed by another')
+        if (!page.url().startsWith(`${origin}/page?`)) throw new Error(`sent to ${page.url()}`)
+      }
+    },
+    {
+      name: 'a check that gets no answer is given up after 10 s and asked again',
+      run: async () => {
+        const holder = await open({ banner: false })
+        await until('the first page to hold the one stream', () => streams.open === 1)
+        const page = await (await browser.newContext()).newPage()
+        pages.push(page)
+        await page.clock.install()
+        const checks: number[] = []
+        page.on('request', (request) => { if (request.url().includes('/events?check')) checks.push(Date.now()) })
+        await page.goto(`${origin}/login`)
+        const cookie = await cookieOf(page)
+        // Its first check never gets an answer (a connection gone dark).
+        let release = (): void => {}
+        const dark = new Promise<void>((resolve) => { release = resolve })
+        let held = 0
+        seen.hold = async (request) => { if (request.url.includes('check') && request.headers.cookie === cookie && held++ === 0) await dark }
+        const from = streams.attempts.length
+        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await until('the page to be refused', () => streams.attempts.slice(from).some((a) => a.cookie === cookie && a.refused))
+        await page.clock.runFor(1_000) // the first delay: the check goes out, and hangs
+        await until('the check that hangs', () => held === 1)
+        await page.clock.runFor(10_000 + 2_000) // its timeout, then the next delay
+        await until('a second check', () => checks.length >= 2)
+        seen.hold = undefined
+        release()
+        await holder.context().close()
       }
     },
     {
