@@ -122,11 +122,33 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
   const origin = `http://127.0.0.1:${port}`
   const pages: Page[] = []
   const cookieOf = async (page: Page) => (await page.context().cookies()).map((c) => `${c.name}=${c.value}`).join('; ')
-  const open = async (options: object): Promise<Page> => {
+  const pageUrl = (options: object) => `${origin}/page?options=${encodeURIComponent(JSON.stringify(options))}`
+  /** A page in a browser context of its own, not logged in, not loaded. */
+  const newPage = async (): Promise<Page> => {
     const page = await (await browser.newContext()).newPage()
     pages.push(page)
+    return page
+  }
+  /** A page that holds the instance's one stream (maxEventStreams: 1). */
+  const holdTheOnePlace = async (): Promise<Page> => {
+    const holder = await open({ banner: false })
+    await until('the first page to hold the one stream', () => streams.open === 1)
+    return holder
+  }
+  /** A logged-in page whose timers the test runs (page.clock), and the checks it makes; not loaded yet. */
+  const clockedPage = async () => {
+    const page = await newPage()
+    await page.clock.install()
+    const checks: number[] = []
+    page.on('request', (request) => { if (request.url().includes('/events?check')) checks.push(Date.now()) })
     await page.goto(`${origin}/login`)
-    await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify(options))}`)
+    return { page, cookie: await cookieOf(page), checks }
+  }
+  /** A logged-in page that starts the client with `options`. */
+  const open = async (options: object): Promise<Page> => {
+    const page = await newPage()
+    await page.goto(`${origin}/login`)
+    await page.goto(pageUrl(options))
     return page
   }
   const steps: ClientStep[] = [
@@ -203,10 +225,9 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a page that never had a login stops asking after a 401, tells the app, and asks again when it is shown',
       run: async () => {
-        const page = await (await browser.newContext()).newPage()
-        pages.push(page)
+        const page = await newPage()
         const from = streams.attempts.length
-        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await page.goto(pageUrl({ banner: false }))
         const told = (times: number) => until(`the page to be told ${times} time(s)`, async () => (await page.evaluate('window.loggedOut')) === times)
         await told(1)
         // The stream, then the check that told the 401: nothing more.
@@ -220,8 +241,7 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a page refused (429) whose user is then logged out everywhere goes to log in, told by the check after the refusal',
       run: async () => {
-        const holder = await open({ banner: false })
-        await until('the first page to hold the one stream', () => streams.open === 1)
+        const holder = await holdTheOnePlace()
         const from = streams.attempts.length
         const refused = await open({ banner: false })
         const refusedCookie = await cookieOf(refused)
@@ -233,8 +253,7 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a page refused (429) since it loaded, whose session then ended (the app\'s logout in another tab), goes to log in: the check had let it past the login',
       run: async () => {
-        const holder = await open({ banner: false })
-        await until('the first page to hold the one stream', () => streams.open === 1)
+        const holder = await holdTheOnePlace()
         const from = streams.attempts.length
         const refused = await open({ banner: false })
         const refusedCookie = await cookieOf(refused)
@@ -249,8 +268,7 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a page on another origin of the site (the stream on another port) keeps its login through a refusal: its check sends the cookie',
       run: async () => {
-        const holder = await open({ banner: false })
-        await until('the first page to hold the one stream', () => streams.open === 1)
+        const holder = await holdTheOnePlace()
         const pageHost = Fastify()
         cleanups.push(() => pageHost.close())
         pageHost.get('/page', async (_request, reply) => reply.type('text/html').send(`<!doctype html><title>elsewhere</title>
@@ -261,8 +279,7 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
             start({ url: 'http://localhost:${port}/events', banner: false })
           </script>`))
         await pageHost.listen({ port: 0, host: '127.0.0.1' })
-        const page = await (await browser.newContext()).newPage()
-        pages.push(page)
+        const page = await newPage()
         await page.goto(`http://localhost:${port}/login`)
         const cookie = await cookieOf(page)
         const from = streams.attempts.length
@@ -278,18 +295,11 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a refused page shown again opens its stream, and the check it was waiting to make is not made',
       run: async () => {
-        const holder = await open({ banner: false })
-        await until('the first page to hold the one stream', () => streams.open === 1)
-        const page = await (await browser.newContext()).newPage()
-        pages.push(page)
+        const holder = await holdTheOnePlace()
         // The page's timers are the test's: its backoff waits until told.
-        await page.clock.install()
-        const checks: string[] = []
-        page.on('request', (request) => { if (request.url().includes('/events?check')) checks.push(request.url()) })
-        await page.goto(`${origin}/login`)
-        const cookie = await cookieOf(page)
+        const { page, cookie, checks } = await clockedPage()
         const from = streams.attempts.length
-        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await page.goto(pageUrl({ banner: false }))
         await until('the page to be refused', () => streams.attempts.slice(from).some((a) => a.cookie === cookie && a.refused))
         await holder.context().close()
         await until('the holder\'s stream to close', () => streams.open === 0)
@@ -303,12 +313,11 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a 429 from something else than the plugin (a rate limiter) tells nothing of the login: a page never logged in still stays, and says so',
       run: async () => {
-        const page = await (await browser.newContext()).newPage()
-        pages.push(page)
+        const page = await newPage()
         let limited = 0
         // Its first check is answered by "a rate limiter"; the next one by the plugin (401).
         seen.limit = (request) => request.url.includes('check') && limited++ === 0
-        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await page.goto(pageUrl({ banner: false }))
         await until('the page to be told', async () => (await page.evaluate('window.loggedOut')) === 1)
         seen.limit = undefined
         if (limited < 2) throw new Error('the limited check was not followed by another')
@@ -318,22 +327,15 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a check that gets no answer is given up after 10 s and asked again',
       run: async () => {
-        const holder = await open({ banner: false })
-        await until('the first page to hold the one stream', () => streams.open === 1)
-        const page = await (await browser.newContext()).newPage()
-        pages.push(page)
-        await page.clock.install()
-        const checks: number[] = []
-        page.on('request', (request) => { if (request.url().includes('/events?check')) checks.push(Date.now()) })
-        await page.goto(`${origin}/login`)
-        const cookie = await cookieOf(page)
+        const holder = await holdTheOnePlace()
+        const { page, cookie, checks } = await clockedPage()
         // Its first check never gets an answer (a connection gone dark).
         let release = (): void => {}
         const dark = new Promise<void>((resolve) => { release = resolve })
         let held = 0
         seen.hold = async (request) => { if (request.url.includes('check') && request.headers.cookie === cookie && held++ === 0) await dark }
         const from = streams.attempts.length
-        await page.goto(`${origin}/page?options=${encodeURIComponent(JSON.stringify({ banner: false }))}`)
+        await page.goto(pageUrl({ banner: false }))
         await until('the page to be refused', () => streams.attempts.slice(from).some((a) => a.cookie === cookie && a.refused))
         await page.clock.runFor(1_000) // the first delay: the check goes out, and hangs
         await until('the check that hangs', () => held === 1)
@@ -366,8 +368,7 @@ export async function clientSteps (url: string, browser: Browser, cleanups: Arra
     {
       name: 'a refused stream (429: the instance holds its most) is retried with growing delays, and opens once there is room',
       run: async () => {
-        const holder = await open({ banner: false })
-        await until('the first page to hold the one stream', () => streams.open === 1)
+        const holder = await holdTheOnePlace()
         const from = streams.attempts.length
         const refused = await open({ banner: false })
         await until('three retries', () => streams.attempts.length >= from + 4)
